@@ -1,0 +1,81 @@
+"""`python -m mamba_nb <command>`: the course's pipeline from the command line.
+
+Each command maps one config dataclass (see `config.py`) to flags and calls the
+same function a notebook calls. Nothing here computes anything itself; heavy
+imports happen inside each command so `--help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional
+
+from mamba_nb import config as C
+
+
+def _build_dataset(args: argparse.Namespace) -> None:
+    from mamba_nb.dataset import build_dataset
+
+    ds = build_dataset(C.from_sources(C.DataConfig, args))
+    print(ds.summary())
+
+
+def _train(args: argparse.Namespace) -> None:
+    from mamba_nb.train import train
+
+    train(C.from_sources(C.TrainConfig, args))
+
+
+def _infill(args: argparse.Namespace) -> None:
+    from mamba_nb.infill import infill_cli
+
+    infill_cli(C.from_sources(C.InfillConfig, args), args.prefix_file, args.suffix_file)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from mamba_nb.evaluate import evaluate_cli
+
+    evaluate_cli(C.from_sources(C.EvalConfig, args))
+
+
+def _course(args: argparse.Namespace) -> None:
+    from mamba_nb.course import run_course
+
+    run_course()
+
+
+def _infill_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prefix-file", required=True, help="text before the hole ('-' for stdin)")
+    p.add_argument("--suffix-file", required=True, help="text after the hole")
+
+
+# name → (help, config class or None, extra-arguments hook or None, runner)
+COMMANDS: dict[str, tuple[str, Optional[type], Optional[Callable], Callable]] = {
+    "build-dataset": ("build the Lance token dataset from a corpus", C.DataConfig, None, _build_dataset),
+    "train": ("train or fine-tune Mamba with FIM", C.TrainConfig, None, _train),
+    "infill": ("fill a hole between a prefix and a suffix", C.InfillConfig, _infill_extra, _infill),
+    "evaluate": ("measure a checkpoint's infilling", C.EvalConfig, None, _evaluate),
+    "course": ("the whole course headless on the default corpus", None, None, _course),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m mamba_nb", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, (help_, cls, extra, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        if cls is not None:
+            C.add_arguments(p, cls)
+        if extra is not None:
+            extra(p)
+    return top
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command][3](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

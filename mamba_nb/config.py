@@ -1,0 +1,183 @@
+"""Every knob of the course, one dataclass per stage, and how they reach the CLI.
+
+A setting has one name everywhere it travels: the notebook's config cell, the
+YAML file, the `--flag` of `python -m mamba_nb`, and the function parameter.
+`context_len` is `context_len` in all four.
+
+This module holds no logic of the stages themselves; it only describes their
+inputs. It does not validate values that need data to check (a `context_len`
+the dataset cannot fill is caught by the sampler, which knows the dataset).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+# The smoke switch: the tests set MAMBA_NB_SMOKE=1 so every notebook and the
+# course shrink their work to seconds. Read once, here, and nowhere else.
+SMOKE = os.environ.get("MAMBA_NB_SMOKE", "0") not in ("", "0", "false", "False")
+
+DEFAULT_DATA_DIR = "data/stdlib"
+DEFAULT_RUN_DIR = "runs/course"
+
+
+@dataclass
+class DataConfig:
+    """Corpus → tokenizer → Lance token dataset (notebook 01, `build-dataset`)."""
+
+    source: str = "stdlib"  # "stdlib" | "dir" | "hf"
+    path: Optional[str] = None  # a directory for "dir"; a hub name or data files for "hf"
+    patterns: list[str] = field(default_factory=lambda: ["**/*.py"])  # globs for "dir"
+    hf_config: Optional[str] = None  # the hub dataset's configuration name, if any
+    hf_split: str = "train"
+    hf_text_column: str = "content"
+    hf_streaming: bool = True
+    max_documents: Optional[int] = None  # stop after this many (smoke runs, quick looks)
+    tokenizer: Optional[str] = None  # None: train a byte-level BPE; else an HF name or path
+    vocab_size: int = 8192
+    validation_fraction: float = 0.05
+    seed: int = 0
+    out_dir: str = DEFAULT_DATA_DIR
+    overwrite: bool = False
+
+
+@dataclass
+class WindowConfig:
+    """Where windows fall and what FIM does to them (notebooks 02 and 03)."""
+
+    context_len: int = 256
+    fim_rate: float = 0.9
+    spm_rate: float = 0.5
+    fim_level: str = "char"  # "char" (the FIM paper's) | "token" (the original project's, fixed)
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Which Mamba, how big, from scratch or from a checkpoint (notebook 04)."""
+
+    arch: str = "mamba"  # "mamba" (Mamba-1) | "mamba2"
+    preset: str = "tiny"  # "tiny" | "130m" | "370m" | "790m" | "1.4b" | "2.8b"
+    pretrained: Optional[str] = None  # a hub id or local directory to fine-tune
+    scan: str = "auto"  # "auto" | "kernels" | "fast" | "hf": which selective-scan path
+
+
+@dataclass
+class TrainConfig(WindowConfig, ModelConfig):
+    """The training run (notebook 04, `train`). Windows, FIM and model settings are inherited
+    so each keeps its single name on the command line."""
+
+    dataset: str = DEFAULT_DATA_DIR
+    out_dir: str = DEFAULT_RUN_DIR
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    max_steps: Optional[int] = None  # None: as many as time_budget_s allows
+    time_budget_s: Optional[float] = 600.0
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_windows: int = 64
+    save_every: int = 500
+    num_workers: int = 1
+    device: str = "auto"
+    resume: bool = True
+    log_tensorboard: bool = False
+    log_wandb: bool = False
+
+
+@dataclass
+class InfillConfig:
+    """How a hole is filled (notebook 05, `infill`)."""
+
+    checkpoint: str = DEFAULT_RUN_DIR
+    mode: str = "psm"  # "psm" | "spm": the prompt layout
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    best_of: int = 1
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """What `evaluate` measures for a checkpoint (notebook 05, `evaluate`)."""
+
+    checkpoint: str = DEFAULT_RUN_DIR
+    dataset: str = DEFAULT_DATA_DIR
+    num_line_tasks: int = 200
+    num_loss_windows: int = 64
+    humaneval: bool = True
+    humaneval_limit: Optional[int] = None  # None: all single-line tasks
+    mode: str = "psm"
+    out_file: Optional[str] = None  # default: <checkpoint>/eval.json
+    seed: int = 0
+
+
+# --- YAML and CLI mapping ---------------------------------------------------
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[f.name]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one `--flag` per field of `cls`, named like the field (`context_len` → `--context-len`).
+
+    Defaults are left as None so `from_sources` can tell a flag given from a flag omitted,
+    which is what lets a YAML file and flags be combined.
+    """
+    parser.add_argument("--config", help="a YAML file of settings; flags given here override it")
+    for f in dataclasses.fields(cls):
+        tp = _field_type(cls, f)
+        origin = typing.get_origin(tp)
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        base = args[0] if origin is typing.Union and args else tp
+        flag = "--" + f.name.replace("_", "-")
+        if base is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(base) is list:
+            parser.add_argument(flag, dest=f.name, nargs="*", default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, type=base, default=None)
+
+
+def from_sources(cls: type, args: Optional[argparse.Namespace] = None, **overrides: Any):
+    """Build `cls` from defaults, then a YAML file (`args.config`), then flags, then overrides."""
+    values: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    config_file = getattr(args, "config", None) if args is not None else None
+    if config_file:
+        import yaml
+
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist; pass a YAML file of settings")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(loaded) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {unknown} in {str(path)!r}; known settings of {cls.__name__}: {sorted(names)}"
+            )
+        values.update(loaded)
+    if args is not None:
+        values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+    values.update(overrides)
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain data, for metadata, checkpoints and YAML."""
+    return dataclasses.asdict(config)
