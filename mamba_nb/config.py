@@ -181,3 +181,26 @@ def from_sources(cls: type, args: Optional[argparse.Namespace] = None, **overrid
 def to_dict(config: Any) -> dict[str, Any]:
     """A config as plain data, for metadata, checkpoints and YAML."""
     return dataclasses.asdict(config)
+
+
+# --- the course's defaults, full and smoke ------------------------------------
+# Notebooks and `make course` start from these, so the headless run and the
+# notebooks train the same thing. Paths are relative to the repository root;
+# notebooks (which run in notebooks/) pass root="..".
+
+
+def course_data_config(smoke: bool = SMOKE, root: str = ".") -> DataConfig:
+    if smoke:
+        return DataConfig(out_dir=f"{root}/data/smoke", max_documents=80, vocab_size=1024)
+    return DataConfig(out_dir=f"{root}/{DEFAULT_DATA_DIR}")
+
+
+def course_train_config(smoke: bool = SMOKE, root: str = ".") -> TrainConfig:
+    data = course_data_config(smoke, root)
+    if smoke:
+        return TrainConfig(
+            dataset=data.out_dir, out_dir=f"{root}/runs/smoke", context_len=64, batch_size=4,
+            max_steps=6, time_budget_s=None, warmup_steps=2, eval_every=3, eval_windows=4, save_every=3,
+            num_workers=0,
+        )
+    return TrainConfig(dataset=data.out_dir, out_dir=f"{root}/{DEFAULT_RUN_DIR}")
