@@ -1,13 +1,19 @@
 """Tokenizers for the course: the special tokens, and the checked ids of the FIM tokens.
 
 Two ways to get a tokenizer (both return a `transformers.PreTrainedTokenizerFast`):
-train a byte-level BPE on the corpus, or load an existing Hugging Face tokenizer
-and add whichever FIM tokens it lacks. This module does not tokenize corpora in
-bulk; `dataset.py` does that.
+train a byte-level BPE on the corpus (`train_bpe`), or load an existing Hugging Face
+tokenizer and add whichever special tokens it lacks (`load_hf_tokenizer`).
+`token_dtype` says which unsigned integer type stores a tokenizer's ids on disk.
+
+This module does not tokenize corpora in bulk (`dataset.py` does that) and does
+not resize a model's embeddings for added tokens (`model.py` does that).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
 
 EOT = "<|endoftext|>"
 FIM_PREFIX = "<fim_prefix>"
@@ -15,6 +21,13 @@ FIM_MIDDLE = "<fim_middle>"
 FIM_SUFFIX = "<fim_suffix>"
 FIM_PAD = "<fim_pad>"
 SPECIAL_TOKENS = [EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD]
+
+# Runs of line breaks are cut out before byte-level BPE sees the text, so a newline
+# never merges with the next line's indentation. Without this the GPT-2 regex makes
+# "\n    " one piece, BPE learns it as one token, and a prompt ending in a bare "\n"
+# (the usual single-line hole) is a token sequence the model almost never saw.
+NEWLINE_SPLIT = r"[\r\n]+"
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, plus our special tokens
 
 
 @dataclass(frozen=True)
@@ -45,3 +58,107 @@ class FimTokens:
         if len(set(ids)) != len(ids):
             raise ValueError(f"special tokens share ids: {dict(zip(SPECIAL_TOKENS, ids))}; each needs its own id")
         return cls(*ids)
+
+
+def _wrap(backend, name_or_path: str = ""):
+    """A `tokenizers.Tokenizer` as the transformers class the rest of the course uses."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOT,
+        pad_token=FIM_PAD,
+        # decode(encode(x)) must give x back exactly; the default clean-up would
+        # delete the space in "a ." and similar.
+        clean_up_tokenization_spaces=False,
+        name_or_path=name_or_path,
+    )
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 8192, show_progress: bool = False):
+    """Train a byte-level BPE on `texts` (any iterable, read once) → `PreTrainedTokenizerFast`.
+
+    Byte-level: every string encodes, nothing is ever unknown, and decoding gives the
+    text back exactly. The five special tokens take ids 0..4; line breaks are isolated
+    before BPE (see NEWLINE_SPLIT). The vocabulary can end up smaller than `vocab_size`
+    when the corpus has fewer distinct merges to offer.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: a byte-level BPE needs at least {MIN_VOCAB_SIZE} "
+            f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens); pass --vocab-size {MIN_VOCAB_SIZE} or more"
+        )
+    token_dtype(vocab_size)  # refuse a vocabulary no on-disk dtype holds before spending time training
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(NEWLINE_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return _wrap(backend, name_or_path="bpe")
+
+
+def load_hf_tokenizer(name_or_path: str):
+    """Load a Hugging Face tokenizer (hub name or local directory) and add the special tokens it lacks.
+
+    Each missing token gets its own new id at the end of the vocabulary; an existing
+    token is never overwritten (the original project wrote `<fim_*>` over a real
+    token). If the tokenizer has no padding token, `<fim_pad>` becomes it. The model
+    must then grow its embedding to `len(tokenizer)` (`model.py` does that).
+    """
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load a tokenizer from {name_or_path!r} ({err}); pass a local directory "
+            "holding tokenizer files or a Hugging Face hub name (needs network), or leave "
+            "--tokenizer unset to train a BPE on the corpus"
+        ) from err
+    if not isinstance(tok, PreTrainedTokenizerFast):
+        raise ValueError(
+            f"tokenizer {name_or_path!r} loaded as {type(tok).__name__}, not a fast (Rust) tokenizer; "
+            "the course needs a fast tokenizer for batched encoding: pick one with a tokenizer.json"
+        )
+    vocab = tok.get_vocab()
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    if tok.pad_token is None:
+        tok.pad_token = FIM_PAD
+    if tok.eos_token is None:
+        tok.eos_token = EOT
+    FimTokens.from_tokenizer(tok)  # distinct ids, all present: checked here, not at training time
+    token_dtype(max(tok.get_vocab().values()) + 1)
+    return tok
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype of the on-disk token array that holds ids < vocab_size."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size={vocab_size} must be positive")
+    for dtype in (np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(
+        f"vocab_size={vocab_size} is too large for the token array (at most {np.iinfo(np.uint32).max + 1} ids "
+        "fit in uint32); pick a smaller --vocab-size or another tokenizer"
+    )
+
+
+def vocab_size_of(tokenizer) -> int:
+    """One more than the largest id the tokenizer can emit (added tokens included)."""
+    return max(tokenizer.get_vocab().values()) + 1

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny real corpus, a tokenizer trained on it, and a dataset built from it.
+
+Each is built once per test session (session scope) into pytest's temporary directory,
+so every test file can use real data without paying for a build of its own.
+Tests must treat them as read-only; a test that changes data builds its own copy.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+# No hub is reachable in tests: fail fast instead of retrying the network. Must be set
+# before huggingface_hub is first imported, which is why it lives at the top of conftest.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+# Small, ordinary modules that every CPython 3.11+ ships (real code, not test data).
+TINY_CORPUS_FILES = [
+    "abc.py", "antigravity.py", "bisect.py", "colorsys.py", "this.py", "keyword.py", "nturl2path.py",
+    "opcode.py", "token.py", "struct.py", "stat.py", "sched.py", "reprlib.py", "numbers.py",
+    "fnmatch.py", "genericpath.py", "glob.py", "graphlib.py", "hmac.py", "linecache.py",
+    "operator.py", "queue.py", "shlex.py", "textwrap.py", "copy.py", "heapq.py", "_markupbase.py",
+    "json/__init__.py", "json/decoder.py", "json/scanner.py", "json/tool.py", "collections/abc.py",
+]
+TINY_VOCAB_SIZE = 512
+TINY_VALIDATION_FRACTION = 0.2
+BINARY_NAME = "blob.py"  # matches the *.py pattern on purpose: it must be skipped as binary
+LATIN1_NAME = "latin1.py"  # valid latin-1, invalid UTF-8: must be skipped as not UTF-8
+
+
+def make_tiny_corpus(root: Path) -> Path:
+    for rel in TINY_CORPUS_FILES:
+        dest = root / "pkg" / rel if "/" in rel else root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(STDLIB / rel, dest)
+    (root / BINARY_NAME).write_bytes(bytes(range(256)) * 4)
+    (root / LATIN1_NAME).write_bytes("# caf\u00e9 = 'na\u00efve'\nx = 1\n".encode("latin-1"))
+    (root / "README.txt").write_text("not matched by **/*.py\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory) -> Path:
+    """~30 small stdlib modules (some in sub-directories), one binary file and one latin-1 file."""
+    return make_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_config(tiny_corpus_dir, tmp_path_factory):
+    """The DataConfig `tiny_dataset` was built with (a fresh out_dir for each session)."""
+    from mamba_nb.config import DataConfig
+
+    return DataConfig(
+        source="dir",
+        path=str(tiny_corpus_dir),
+        vocab_size=TINY_VOCAB_SIZE,
+        validation_fraction=TINY_VALIDATION_FRACTION,
+        seed=0,
+        out_dir=str(tmp_path_factory.mktemp("tiny_dataset") / "ds"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_data_config):
+    """A `TokenDataset` built once from `tiny_corpus_dir` (vocab 512, validation ≥ 3 documents)."""
+    from mamba_nb.dataset import build_dataset
+
+    ds = build_dataset(tiny_data_config, progress=False)
+    assert ds.meta["splits"]["validation"]["documents"] >= 3
+    return ds
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_dataset):
+    """The BPE tokenizer trained for `tiny_dataset` (vocab 512, the five special tokens)."""
+    return tiny_dataset.tokenizer
