@@ -1,0 +1,395 @@
+"""Fill holes in code with a trained Mamba: FIM prompts, batched generation, stopping, best-of-n.
+
+`infill(model, tokenizer, prefix, suffix)` returns the middle the model writes between a
+prefix and a suffix, using the prompt layouts the model was trained on (see `fim.py`):
+
+    psm:  <fim_prefix> prefix <fim_suffix> suffix <fim_middle> → middle <|endoftext|>
+    spm:  <fim_prefix><fim_suffix> suffix <fim_middle> prefix  → middle <|endoftext|>
+    lm:   prefix → continuation            (plain left-to-right; the suffix is ignored)
+
+Each piece is encoded on its own, exactly as the FIM transform encodes them in training.
+
+Batching. `prefix`/`suffix` may be lists: prompts are sorted by length, cut into batches,
+left-padded, and run with an attention mask. Mamba has no attention, but HF's Mamba and
+Mamba2 mixers zero the hidden states of masked positions before the convolution and before
+the scan, so a padded position leaves the state at its zero start: a left-padded row computes
+exactly what it computes alone (tests check batched greedy == unbatched greedy). Generation
+is our own token-by-token loop over the model's recurrent cache, so each row can stop on its
+own stop strings.
+
+Token healing. Byte-level BPE merges a newline with the next line's indentation, so a
+prompt that ends in whitespace ends in a token the model rarely saw at that place (for
+left-to-right prompts). With `heal`, the prefix's trailing whitespace is taken off the
+prompt and the first generated tokens are constrained to spell it out again; the returned
+text starts after it. FIM prompts encode the prefix on its own in training too, so healing
+is on by default only for `mode="lm"`.
+
+What it does not do: load checkpoints (see `load_for_infill` / `model.load_checkpoint`),
+score infills (see `evaluate.py`), or batch prompts from different calls.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from mamba_nb.tokenizer import EOT, FimTokens
+
+MODES = ("psm", "spm", "lm")
+
+
+@dataclass
+class InfillResult:
+    """One filled hole: the middle text, and whether the model ended it with <|endoftext|>
+    (rather than being cut by `max_new_tokens` or a stop string)."""
+
+    text: str
+    clean: bool
+
+
+# --- prompts ----------------------------------------------------------------------
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _split_heal(prefix: str) -> tuple[str, str]:
+    """(prefix without its trailing whitespace, that whitespace)."""
+    stripped = prefix.rstrip()
+    return stripped, prefix[len(stripped):]
+
+
+def build_prompt(prefix_ids: list[int], suffix_ids: list[int], mode: str, fim: Optional[FimTokens]) -> list[int]:
+    """The token ids of one prompt (see the module docstring for the layouts)."""
+    if mode == "psm":
+        return [fim.prefix, *prefix_ids, fim.suffix, *suffix_ids, fim.middle]
+    if mode == "spm":
+        return [fim.prefix, fim.suffix, *suffix_ids, fim.middle, *prefix_ids]
+    if mode == "lm":
+        return list(prefix_ids)
+    raise ValueError(f"mode={mode!r} is not a prompt layout; use one of {MODES}")
+
+
+def _truncate(prefix_ids: list[int], suffix_ids: list[int], budget: int) -> tuple[list[int], list[int], int]:
+    """Cut the prefix's far (left) end, then the suffix's far (right) end, to fit `budget` tokens."""
+    over = len(prefix_ids) + len(suffix_ids) - budget
+    if over <= 0:
+        return prefix_ids, suffix_ids, 0
+    cut_prefix = min(over, len(prefix_ids))
+    prefix_ids = prefix_ids[cut_prefix:]
+    cut_suffix = over - cut_prefix
+    if cut_suffix:
+        suffix_ids = suffix_ids[: len(suffix_ids) - cut_suffix]
+    return prefix_ids, suffix_ids, over
+
+
+def trained_context_len(checkpoint: Union[str, Path, None]) -> Optional[int]:
+    """`context_len` from the run config saved with a checkpoint (`run_config.yaml` in the
+    checkpoint, or in its run's `latest/` for a snapshot), or None if there is none."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    candidates = [path, path / "latest", path.parent, path.parent.parent / "latest"]
+    for d in candidates:
+        f = d / "run_config.yaml"
+        if f.is_file():
+            import yaml
+
+            value = (yaml.safe_load(f.read_text()) or {}).get("context_len")
+            return int(value) if value else None
+    return None
+
+
+# --- constrained first tokens (healing) -------------------------------------------------
+
+
+class _VocabStrings:
+    """The text of each token id, to constrain the first tokens to spell the healed text."""
+
+    def __init__(self, tokenizer, vocab_limit: int, special: set[int]):
+        self.strings = [tokenizer.decode([i]) if i not in special else None for i in range(vocab_limit)]
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def allowed(self, remaining: str) -> torch.Tensor:
+        """Bool (V,): tokens that continue `remaining` (are a prefix of it, or start with it)."""
+        if remaining not in self._cache:
+            ok = [s is not None and s != "" and (remaining.startswith(s) or s.startswith(remaining))
+                  for s in self.strings]
+            self._cache[remaining] = torch.tensor(ok, dtype=torch.bool)
+        return self._cache[remaining]
+
+
+# --- sampling ------------------------------------------------------------------------
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: Optional[torch.Generator]) -> torch.Tensor:
+    """Next token per row. logits (R, V) → ids (R,). Greedy when temperature == 0."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest set whose mass reaches top_p (always at least the top token)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> Optional[int]:
+    hits = [text.find(s) for s in stop if s]
+    hits = [h for h in hits if h >= 0]
+    return min(hits) if hits else None
+
+
+@dataclass
+class _Row:
+    prompt: list[int]
+    heal: str  # text the first tokens must spell out (the healed whitespace)
+    source: int  # which hole this row fills
+    generated: list[int]
+    remaining: str = ""  # the part of `heal` not yet spelled
+    done: bool = False
+    clean: bool = False
+    text: str = ""
+    logprob: float = 0.0
+
+
+@torch.no_grad()
+def _generate_batch(model, tokenizer, rows: list[_Row], *, max_new_tokens: int, temperature: float, top_p: float,
+                    stop: Sequence[str], eot: int, banned_ids: set[int], pad_id: int, vocab_limit: int,
+                    vocab_strings: Optional[_VocabStrings], gen: Optional[torch.Generator]) -> None:
+    device = next(model.parameters()).device
+    width = max(len(r.prompt) for r in rows)
+    # Left padding: every row's last prompt token sits in the last column, so one step
+    # continues all rows. The mask keeps padded positions out of the state (module docstring).
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r.prompt):] = torch.tensor(r.prompt, dtype=torch.long)
+        mask[i, width - len(r.prompt):] = 1
+        r.remaining = r.heal
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
+    cache = out.cache if hasattr(out, "cache") else out.cache_params
+    # A middle is text ended by <|endoftext|>: the other special tokens are never emitted.
+    banned = torch.tensor(sorted(banned_ids), dtype=torch.long)
+    logits = out.logits[:, -1, :vocab_limit].float()  # (R, V): padding rows of the embedding excluded
+    for step in range(max_new_tokens):
+        logits[:, banned] = -math.inf
+        for i, r in enumerate(rows):
+            if r.remaining and not r.done and vocab_strings is not None:
+                ok = vocab_strings.allowed(r.remaining).to(logits.device)
+                if ok.any():
+                    logits[i].masked_fill_(~ok, -math.inf)
+                else:  # no token spells it (not a byte-level vocabulary): stop healing this row
+                    r.heal, r.remaining = r.heal[: len(r.heal) - len(r.remaining)], ""
+        nxt = _pick(logits, temperature, top_p, gen)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+        for i, r in enumerate(rows):
+            if r.done:
+                continue
+            t = int(nxt[i])
+            r.logprob += float(logp[i])
+            if t == eot:
+                r.done, r.clean = True, True
+                continue
+            r.generated.append(t)
+            text = tokenizer.decode(r.generated)
+            if r.remaining:
+                # still spelling the healed whitespace: consume what this token covered
+                covered = text[len(r.heal) - len(r.remaining):]
+                r.remaining = r.remaining[len(covered):] if r.remaining.startswith(covered) else ""
+                if r.remaining:
+                    continue
+            middle = text[len(r.heal):]
+            cut = _first_stop(middle, stop)
+            if cut is not None:
+                r.text, r.done = middle[:cut], True
+            else:
+                r.text = middle
+        if all(r.done for r in rows) or step == max_new_tokens - 1:
+            break
+        # finished rows keep stepping (their output is ignored) so the batch stays rectangular
+        out = model(input_ids=nxt[:, None].to(device), cache=cache, use_cache=True)
+        cache = out.cache if hasattr(out, "cache") else out.cache_params
+        logits = out.logits[:, -1, :vocab_limit].float()
+
+
+def _vocab_limit(model, tokenizer) -> int:
+    """Ids the model may emit: those the tokenizer knows (the embedding may be padded)."""
+    return min(len(tokenizer), model.get_output_embeddings().weight.shape[0])
+
+
+def infill(
+    model,
+    tokenizer,
+    prefix: Union[str, Sequence[str]],
+    suffix: Union[str, Sequence[str]] = "",
+    *,
+    mode: str = "psm",
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+    best_of: int = 1,
+    seed: int = 0,
+    batch_size: int = 16,
+    context_len: Optional[int] = None,
+    heal: Optional[bool] = None,
+) -> Union[InfillResult, list[InfillResult]]:
+    """Fill the hole(s) between `prefix` and `suffix`; one `InfillResult`, or a list for list input.
+
+    `temperature=0` is greedy; otherwise nucleus sampling with `top_p`, seeded by `seed`.
+    `stop`: strings that end the middle (e.g. ["\\n"] for one line; the middle is cut before it).
+    `best_of=n`: n samples per hole; those that ended with <|endoftext|> are preferred, then
+    the highest mean log-probability. `context_len`: the trained context (default: read from the
+    checkpoint's run config); a longer prompt loses its prefix's far end, with a warning.
+    `heal`: token healing of the prefix's trailing whitespace (default: only for mode="lm").
+    """
+    single = isinstance(prefix, str)
+    prefixes = [prefix] if single else list(prefix)
+    if isinstance(suffix, str):
+        suffixes = [suffix] * len(prefixes)
+    else:
+        suffixes = list(suffix)
+        if single or len(suffixes) != len(prefixes):
+            raise ValueError(f"got {len(prefixes)} prefix(es) and {len(suffixes)} suffixes; pass lists of equal length")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a prompt layout; use one of {MODES}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature!r} must be >= 0 (0 is greedy)")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
+    if best_of < 1:
+        raise ValueError(f"best_of={best_of!r} must be >= 1")
+    if best_of > 1 and temperature == 0:
+        raise ValueError(f"best_of={best_of} with temperature=0 gives {best_of} identical greedy samples; "
+                         "set temperature > 0 (e.g. 0.8) or best_of=1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
+    if isinstance(stop, str):
+        stop = [stop]
+
+    vocab = tokenizer.get_vocab()
+    if mode == "lm":
+        fim = None
+        eot = vocab.get(EOT, tokenizer.eos_token_id)
+    else:
+        try:
+            fim = FimTokens.from_tokenizer(tokenizer)
+        except ValueError as e:
+            raise ValueError(f"mode={mode!r} needs FIM tokens and this checkpoint has none: {e}. "
+                             "Use mode='lm' for left-to-right completion, or fine-tune with FIM first "
+                             "(`python -m mamba_nb train --pretrained ...`).") from None
+        eot = fim.eot
+    vocab_limit = _vocab_limit(model, tokenizer)
+    special = {vocab[t] for t in tokenizer.all_special_tokens if t in vocab} | ({eot} if eot is not None else set())
+    if fim is not None:
+        special |= {fim.prefix, fim.suffix, fim.middle, fim.pad}
+        too_big = [t for t in (fim.prefix, fim.suffix, fim.middle) if t >= vocab_limit]
+        if too_big:
+            raise ValueError(f"the model's embedding has {vocab_limit} rows but the FIM token ids {too_big} are beyond "
+                             "it: this checkpoint was not trained with FIM tokens; resize it with "
+                             "mamba_nb.model.resize_embeddings and fine-tune with FIM first")
+    if context_len is None:
+        context_len = trained_context_len(getattr(model, "name_or_path", None) or model.config._name_or_path)
+    if heal is None:
+        heal = mode == "lm"
+
+    heals = [""] * len(prefixes)
+    if heal:
+        split = [_split_heal(p) for p in prefixes]
+        prefixes, heals = [s[0] for s in split], [s[1] for s in split]
+    prefix_ids = _encode(tokenizer, prefixes)
+    suffix_ids = _encode(tokenizer, suffixes) if mode != "lm" else [[] for _ in prefixes]
+    overhead = {"psm": 3, "spm": 3, "lm": 0}[mode]
+    rows: list[_Row] = []
+    truncated = []
+    for i, (p, s) in enumerate(zip(prefix_ids, suffix_ids)):
+        if context_len is not None:
+            p, s, over = _truncate(p, s, max(context_len - overhead, 1))
+            if over:
+                truncated.append((i, over))
+        prompt = build_prompt(p, s, mode, fim)
+        if not prompt:  # an empty left-to-right prompt: start from the document boundary
+            prompt = [eot]
+        for _ in range(best_of):
+            rows.append(_Row(prompt, heals[i], i, []))
+    if truncated:
+        warnings.warn(
+            f"{len(truncated)} prompt(s) were longer than the trained context_len={context_len} tokens; "
+            f"the far end of the prefix was cut (hole {truncated[0][0]}: {truncated[0][1]} tokens cut). "
+            "Shorten the prefix, or pass a larger context_len= to keep more (the model was not trained on longer).",
+            stacklevel=2,
+        )
+
+    gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
+    vocab_strings = _VocabStrings(tokenizer, vocab_limit, special) if any(heals) else None
+    banned_ids = special - {eot}
+    pad_id = fim.pad if fim is not None else (eot if eot is not None else 0)
+    was_training = model.training
+    model.eval()
+    try:
+        # Similar lengths together: less padding to scan through.
+        order = sorted(range(len(rows)), key=lambda k: len(rows[k].prompt))
+        for b in range(0, len(order), batch_size):
+            batch = [rows[k] for k in order[b: b + batch_size]]
+            _generate_batch(model, tokenizer, batch, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_p=top_p, stop=stop, eot=eot, banned_ids=banned_ids, pad_id=pad_id,
+                            vocab_limit=vocab_limit, vocab_strings=vocab_strings, gen=gen)
+    finally:
+        model.train(was_training)
+
+    results = []
+    for i in range(len(prefixes)):
+        cands = [r for r in rows if r.source == i]
+        best = max(cands, key=lambda r: (r.clean, r.logprob / max(len(r.generated) + r.clean, 1)))
+        results.append(InfillResult(best.text, best.clean))
+    return results[0] if single else results
+
+
+# --- loading and the command line -----------------------------------------------------------
+
+
+def load_for_infill(checkpoint: Union[str, Path], device: Optional[str] = None):
+    """`(model, tokenizer)` from a run dir, `latest/`, a snapshot, or an HF Mamba directory."""
+    from mamba_nb.model import load_checkpoint
+
+    return load_checkpoint(checkpoint, device=device)
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{path!r} does not exist; pass a text file (or '-' for stdin)")
+    return p.read_text(encoding="utf-8")
+
+
+def infill_cli(cfg, prefix_file: str, suffix_file: str) -> InfillResult:
+    """`python -m mamba_nb infill`: print the middle for the prefix and suffix files."""
+    from mamba_nb.model import resolve_checkpoint_dir
+
+    prefix, suffix = _read(prefix_file), _read(suffix_file)
+    model, tokenizer = load_for_infill(cfg.checkpoint)
+    result = infill(model, tokenizer, prefix, suffix, mode=cfg.mode, max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature, top_p=cfg.top_p, stop=cfg.stop, best_of=cfg.best_of,
+                    seed=cfg.seed, context_len=trained_context_len(resolve_checkpoint_dir(cfg.checkpoint)))
+    sys.stdout.write(result.text)
+    if not result.text.endswith("\n"):
+        sys.stdout.write("\n")
+    if not result.clean:
+        print("(the model did not end the middle with <|endoftext|>: it was cut by max_new_tokens or a stop string)",
+              file=sys.stderr)
+    return result

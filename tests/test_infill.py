@@ -1,0 +1,191 @@
+"""infill: prompt layouts, batched == unbatched, stopping, best-of-n, healing, truncation, errors, CLI."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mamba_nb.infill import InfillResult, _truncate, _VocabStrings, build_prompt, infill
+from mamba_nb.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimTokens
+from tiny_models import CODE, tiny_bpe, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_bpe()
+
+
+@pytest.fixture(scope="module", params=["mamba", "mamba2"])
+def model(request, tok):
+    return tiny_model(request.param, tok)
+
+
+HOLES = [
+    ("def add(a, b):\n    return ", "\n\n\nclass Point:\n"),
+    ("", ""),  # empty prefix and suffix is a valid hole
+    ("class Point:\n    def __init__(self, x, y):\n        self.x = x\n", "\n\n    def norm(self):\n"),
+    ("x", " + 1\n"),
+]
+
+
+def test_prompt_layouts_match_training(tok):
+    fim = FimTokens.from_tokenizer(tok)
+    pre, suf = tok.encode("a = 1\n", add_special_tokens=False), tok.encode("b = 2\n", add_special_tokens=False)
+    psm = tok.decode(build_prompt(pre, suf, "psm", fim))
+    spm = tok.decode(build_prompt(pre, suf, "spm", fim))
+    assert psm == f"{FIM_PREFIX}a = 1\n{FIM_SUFFIX}b = 2\n{FIM_MIDDLE}"
+    assert spm == f"{FIM_PREFIX}{FIM_SUFFIX}b = 2\n{FIM_MIDDLE}a = 1\n"
+    assert build_prompt(pre, suf, "lm", fim) == pre
+    with pytest.raises(ValueError, match="psm"):
+        build_prompt(pre, suf, "pms", fim)
+
+
+@pytest.mark.parametrize("mode", ["psm", "spm", "lm"])
+def test_batched_equals_one_at_a_time(model, tok, mode):
+    prefixes, suffixes = [h[0] for h in HOLES], [h[1] for h in HOLES]
+    batched = infill(model, tok, prefixes, suffixes, mode=mode, max_new_tokens=8, batch_size=3)
+    alone = [infill(model, tok, p, s, mode=mode, max_new_tokens=8) for p, s in HOLES]
+    assert batched == alone
+    assert all(isinstance(r, InfillResult) for r in batched)
+
+
+def test_stop_string_cuts_the_greedy_middle(model, tok):
+    full = infill(model, tok, HOLES[0][0], HOLES[0][1], max_new_tokens=16)
+    assert not full.clean or full.text == ""
+    assert len(full.text) >= 2, "a random model should not stop this early"
+    stop = full.text[len(full.text) // 2]
+    stopped = infill(model, tok, HOLES[0][0], HOLES[0][1], max_new_tokens=16, stop=[stop])
+    assert stopped.text == full.text[: full.text.index(stop)]
+    assert not stopped.clean
+
+
+def test_sampling_is_seeded_and_tiny_top_p_is_greedy(model, tok):
+    kw = dict(max_new_tokens=8, temperature=1.0)
+    a = infill(model, tok, [h[0] for h in HOLES], [h[1] for h in HOLES], seed=3, **kw)
+    b = infill(model, tok, [h[0] for h in HOLES], [h[1] for h in HOLES], seed=3, **kw)
+    assert a == b
+    greedy = infill(model, tok, HOLES[0][0], HOLES[0][1], max_new_tokens=8)
+    assert infill(model, tok, HOLES[0][0], HOLES[0][1], top_p=1e-9, seed=5, **kw) == greedy
+
+
+def test_best_of_prefers_samples_that_end_with_eot(tok):
+    model = tiny_model("mamba", tok)
+    eot = tok.convert_tokens_to_ids(EOT)
+    bias = torch.zeros(model.config.vocab_size)
+    bias[eot] = 4.6  # P(EOT) ≈ 0.2 per step: some samples end cleanly within 4 tokens, some do not
+    handle = model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias)
+    try:
+        singles = [infill(model, tok, "a = ", "\n", max_new_tokens=4, temperature=1.0, seed=s) for s in range(12)]
+        bests = [infill(model, tok, "a = ", "\n", max_new_tokens=4, temperature=1.0, best_of=8, seed=s)
+                 for s in range(12)]
+    finally:
+        handle.remove()
+    assert not all(r.clean for r in singles)
+    assert all(r.clean for r in bests)
+
+
+def test_healing_moves_trailing_whitespace_into_the_generation(tok):
+    # The tiny BPE merges a newline with the indentation after it, which is what healing is for.
+    assert len(tok.encode("\n    ", add_special_tokens=False)) == 1
+    model = tiny_model("mamba", tok)
+    seen: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["input_ids"]),
+                                             with_kwargs=True)
+    prefix = "def add(a, b):\n    "
+    try:
+        result = infill(model, tok, prefix, "", mode="lm", max_new_tokens=6)
+    finally:
+        handle.remove()
+    prompt = seen[0][0].tolist()
+    assert tok.decode(prompt) == prefix.rstrip()
+    fed_back = [int(t[0, 0]) for t in seen[1:]]  # each generated token but the last is fed back in turn
+    generated = tok.decode(fed_back)
+    assert generated.startswith("\n    ")
+    # the returned middle is what the model wrote after spelling the healed whitespace
+    assert ("\n    " + result.text).startswith(generated)
+
+
+@settings(max_examples=40, deadline=None)
+@given(heal=st.text(alphabet=" \n\t", min_size=1, max_size=12), data=st.data())
+def test_any_token_path_the_constraint_allows_spells_the_healed_text(heal, data):
+    tok = _TOK
+    vs = _VS
+    text, remaining = "", heal
+    while remaining:
+        ok = vs.allowed(remaining).nonzero().flatten().tolist()
+        assert ok, f"no token continues {remaining!r}"
+        t = data.draw(st.sampled_from(ok))
+        s = vs.strings[t]
+        text += s
+        remaining = remaining[len(s):] if remaining.startswith(s) else ""
+    assert text.startswith(heal)
+
+
+_TOK = tiny_bpe()
+_VS = _VocabStrings(_TOK, len(_TOK), {_TOK.convert_tokens_to_ids(t) for t in _TOK.all_special_tokens})
+
+
+@settings(max_examples=200, deadline=None)
+@given(p=st.lists(st.integers(0, 9), max_size=30), s=st.lists(st.integers(0, 9), max_size=30),
+       budget=st.integers(1, 70))
+def test_truncation_cuts_the_far_ends_prefix_first(p, s, budget):
+    p2, s2, over = _truncate(p, s, budget)
+    assert len(p2) + len(s2) == min(len(p) + len(s), budget)
+    assert over == max(0, len(p) + len(s) - budget)
+    assert p2 == p[len(p) - len(p2):]  # kept the prefix's near (right) end
+    assert s2 == s[: len(s2)]  # kept the suffix's near (left) end
+    if s2 != s:
+        assert p2 == []  # the suffix is cut only once the prefix is gone
+
+
+def test_long_prompt_warns_and_still_infills(model, tok):
+    prefix = CODE * 4
+    with pytest.warns(UserWarning, match="context_len=32"):
+        r = infill(model, tok, prefix, "\n", max_new_tokens=4, context_len=32)
+    assert isinstance(r.text, str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        infill(model, tok, "a = 1\n", "\n", max_new_tokens=2, context_len=32)
+
+
+def test_checkpoint_without_fim_tokens_is_a_clear_error():
+    plain = tiny_bpe(special=False)
+    model = tiny_model("mamba", plain)
+    with pytest.raises(ValueError, match="mode='lm'"):
+        infill(model, plain, "a = ", "\n", mode="psm", max_new_tokens=2)
+    assert isinstance(infill(model, plain, "a = ", "", mode="lm", max_new_tokens=2).text, str)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [(dict(mode="fim"), "mode"), (dict(temperature=-1), "temperature"), (dict(top_p=0), "top_p"),
+     (dict(best_of=4), "temperature > 0"), (dict(max_new_tokens=0), "max_new_tokens")],
+)
+def test_bad_arguments_are_named(tok, kw, match):
+    model = tiny_model("mamba", tok)
+    with pytest.raises(ValueError, match=match):
+        infill(model, tok, "a", "b", **kw)
+    with pytest.raises(ValueError, match="equal length"):
+        infill(model, tok, ["a", "b"], ["c"])
+
+
+def test_cli_prints_the_middle(tmp_path, tok, capsys):
+    from mamba_nb.cli import main
+
+    model = tiny_model("mamba", tok)
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    (tmp_path / "pre.py").write_text(HOLES[0][0])
+    (tmp_path / "suf.py").write_text(HOLES[0][1])
+    expected = infill(model, tok, HOLES[0][0], HOLES[0][1], max_new_tokens=5).text
+    rc = main(["infill", "--checkpoint", str(ckpt), "--prefix-file", str(tmp_path / "pre.py"),
+               "--suffix-file", str(tmp_path / "suf.py"), "--max-new-tokens", "5"])
+    assert rc == 0
+    assert capsys.readouterr().out.startswith(expected)
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        main(["infill", "--checkpoint", str(ckpt), "--prefix-file", str(tmp_path / "nope.py"),
+              "--suffix-file", str(tmp_path / "suf.py")])
