@@ -1,0 +1,256 @@
+"""The model: Hugging Face `MambaForCausalLM` (Mamba-1) or `Mamba2ForCausalLM`, by size preset.
+
+Because the model *is* the HF class, a checkpoint saved here loads anywhere
+`transformers` runs, and a public `state-spaces/mamba-*-hf` checkpoint fine-tunes here.
+
+- `PRESETS`: named sizes. `micro` (tests), `tiny` (the CPU course), and the public
+  checkpoint sizes `130m` ... `2.8b` (Mamba-1 numbers from `state-spaces/mamba-*-hf`;
+  Mamba-2 numbers from `state-spaces/mamba2-*`, which are the 130m/370m/780m/1.3b/2.7b
+  models: the nearest name is used).
+- `build_model(cfg, tokenizer)`: from scratch, or from `cfg.pretrained` (a hub id or a
+  local directory, one code path), grown to the tokenizer's vocabulary (`resize_embeddings`),
+  with the selective-scan path installed (`mamba_nb.scan.apply_scan_path`).
+- `load_checkpoint(dir)`: any directory saved by this project (a run dir, its `latest/`, a
+  snapshot) or any HF Mamba directory → `(model, tokenizer)`.
+
+Not here: the training loop and the optimizer (`train.py`), checkpoint files beyond
+`save_pretrained` (`checkpoint.py`), the scan implementations themselves (`scan.py`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from mamba_nb.config import ModelConfig
+from mamba_nb.tokenizer import FimTokens
+
+ARCHS = ("mamba", "mamba2")
+VOCAB_MULTIPLE = 8  # the public checkpoints pad the vocabulary to a multiple of 8 (50277 -> 50280)
+
+# Size presets: preset -> arch -> HF config fields. Everything not named here is the
+# HF config's default. To try another course architecture, edit "tiny" (or pass
+# `--arch mamba2`): nothing else in the code depends on these numbers.
+PRESETS: dict[str, dict[str, dict]] = {
+    # The tests' model: seconds to train on one core.
+    "micro": {
+        "mamba": dict(hidden_size=32, num_hidden_layers=2, state_size=8),
+        "mamba2": dict(hidden_size=32, num_hidden_layers=2, state_size=16, head_dim=16, chunk_size=16),
+    },
+    # The course's CPU model (a few million parameters with an 8k vocabulary).
+    "tiny": {
+        "mamba": dict(hidden_size=256, num_hidden_layers=4, state_size=16),
+        "mamba2": dict(hidden_size=256, num_hidden_layers=4, state_size=64, head_dim=32, chunk_size=64),
+    },
+    "130m": {
+        "mamba": dict(hidden_size=768, num_hidden_layers=24),
+        "mamba2": dict(hidden_size=768, num_hidden_layers=24),
+    },
+    "370m": {
+        "mamba": dict(hidden_size=1024, num_hidden_layers=48),
+        "mamba2": dict(hidden_size=1024, num_hidden_layers=48),
+    },
+    "790m": {  # mamba2: the 780m model
+        "mamba": dict(hidden_size=1536, num_hidden_layers=48),
+        "mamba2": dict(hidden_size=1536, num_hidden_layers=48),
+    },
+    "1.4b": {  # mamba2: the 1.3b model
+        "mamba": dict(hidden_size=2048, num_hidden_layers=48),
+        "mamba2": dict(hidden_size=2048, num_hidden_layers=48),
+    },
+    "2.8b": {  # mamba2: the 2.7b model
+        "mamba": dict(hidden_size=2560, num_hidden_layers=64),
+        "mamba2": dict(hidden_size=2560, num_hidden_layers=64),
+    },
+}
+
+# Shared by every preset of an arch (the public checkpoints' values).
+_ARCH_DEFAULTS = {
+    "mamba": dict(state_size=16, expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True,
+                  residual_in_fp32=True, tie_word_embeddings=True),
+    "mamba2": dict(state_size=128, expand=2, conv_kernel=4, head_dim=64, n_groups=1, chunk_size=256,
+                   use_bias=False, use_conv_bias=True, residual_in_fp32=True, tie_word_embeddings=True),
+}
+
+SCAN_NAMES = {"kernels": "fused kernels (mamba-ssm / causal-conv1d)", "fast": "PyTorch fast scan",
+              "hf": "PyTorch HF reference path"}
+
+
+def padded_vocab_size(tokenizer) -> int:
+    """Embedding rows for `tokenizer`: one per id (added tokens included), padded to VOCAB_MULTIPLE."""
+    n = max(tokenizer.get_vocab().values()) + 1
+    return math.ceil(n / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def model_config(cfg: ModelConfig, tokenizer):
+    """The HF config (`MambaConfig` or `Mamba2Config`) of a from-scratch model for `tokenizer`."""
+    from transformers import Mamba2Config, MambaConfig
+
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"arch={cfg.arch!r} is not one of {ARCHS}; pass --arch mamba or --arch mamba2")
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"preset={cfg.preset!r} is unknown; pick one of {sorted(PRESETS)} (--preset)")
+    fields = {**_ARCH_DEFAULTS[cfg.arch], **PRESETS[cfg.preset][cfg.arch]}
+    fim = FimTokens.from_tokenizer(tokenizer)
+    ids = dict(vocab_size=padded_vocab_size(tokenizer), bos_token_id=fim.eot, eos_token_id=fim.eot,
+               pad_token_id=fim.pad)
+    if cfg.arch == "mamba":
+        # time_step_rank "auto" = ceil(hidden / 16), as in the public checkpoints
+        return MambaConfig(**fields, **ids, intermediate_size=fields["expand"] * fields["hidden_size"])
+    num_heads = fields["expand"] * fields["hidden_size"] // fields["head_dim"]
+    return Mamba2Config(**fields, **ids, num_heads=num_heads)
+
+
+def _new_rows(old: torch.Tensor, n: int, generator: torch.Generator, noise: float = 1e-3) -> torch.Tensor:
+    """`n` new embedding rows drawn near the mean of the `old` rows (V, D) → (n, D).
+
+    The mean keeps a new token's initial logit at the average of the old ones (a new
+    token is not suddenly the most likely one; Hewitt 2021); a little noise shaped by the
+    rows' covariance keeps the new rows distinct. When the covariance is singular (fewer
+    rows than dimensions, as in tiny test models) the noise uses per-dimension std instead.
+    """
+    x = old.detach().double()
+    mean = x.mean(0)  # (D,)
+    centered = x - mean
+    cov = centered.T @ centered / max(1, x.shape[0] - 1)  # (D, D)
+    z = torch.randn(n, x.shape[1], generator=generator, dtype=torch.float64)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info) == 0:
+        rows = mean + noise * z @ chol.T
+    else:
+        rows = mean + noise * z * centered.std(0)
+    return rows.to(old.dtype)
+
+
+@torch.no_grad()
+def resize_embeddings(model, num_rows: int, seed: int = 0) -> int:
+    """Grow the input embedding (and an untied `lm_head`) to `num_rows`; return how many rows were added.
+
+    Existing rows are copied bit for bit; new rows come from `_new_rows`. Tied weights stay
+    tied (the output layer *is* the input embedding then). Never shrinks: a checkpoint whose
+    embedding is already large enough (50280 rows for 50277 ids) is left alone.
+    """
+    emb = model.get_input_embeddings()
+    old_rows = emb.weight.shape[0]
+    if num_rows <= old_rows:
+        return 0
+    gen = torch.Generator().manual_seed(seed)
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is emb.weight
+
+    def grown(weight: torch.Tensor) -> torch.nn.Parameter:
+        new = torch.cat([weight.detach(), _new_rows(weight, num_rows - old_rows, gen).to(weight.device)])
+        return torch.nn.Parameter(new, requires_grad=weight.requires_grad)
+
+    new_emb = torch.nn.Embedding(num_rows, emb.weight.shape[1], device=emb.weight.device, dtype=emb.weight.dtype)
+    new_emb.weight = grown(emb.weight)
+    model.set_input_embeddings(new_emb)
+    if head is not None:
+        if tied:
+            head.weight = new_emb.weight
+        else:
+            head.weight = grown(head.weight)
+        head.out_features = num_rows
+    model.config.vocab_size = num_rows
+    return num_rows - old_rows
+
+
+def _check_same_base_vocab(pretrained: str, tokenizer) -> None:
+    """The dataset's tokenizer must extend the checkpoint's one, or the ids mean other tokens."""
+    from transformers import AutoTokenizer
+
+    try:
+        base = AutoTokenizer.from_pretrained(pretrained)
+    except (OSError, ValueError):
+        print(f"note: {pretrained!r} has no tokenizer files; cannot check the dataset's tokenizer against it")
+        return
+    ours = tokenizer.get_vocab()
+    wrong = [t for t, i in base.get_vocab().items() if ours.get(t) != i]
+    if wrong:
+        raise ValueError(
+            f"the dataset's tokenizer is not the tokenizer of {pretrained!r} ({len(wrong)} tokens differ, "
+            f"e.g. {wrong[:3]}): fine-tuning needs data tokenized with the model's tokenizer; rebuild it with "
+            f"`python -m mamba_nb build-dataset --tokenizer {pretrained} --out-dir ...` and train on that"
+        )
+
+
+def _load_pretrained(path: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load a model from {path!r} ({err}); pass a local directory saved with "
+            "save_pretrained or a hub id such as state-spaces/mamba-130m-hf (needs network)"
+        ) from err
+    if model.config.model_type not in ARCHS:
+        raise ValueError(f"{path!r} holds a {model.config.model_type!r} model; this course trains {ARCHS} only")
+    return model
+
+
+def _install_scan(model, scan: str) -> str:
+    try:  # TODO(scan helper): drop this guard once mamba_nb/scan.py lands
+        from mamba_nb.scan import apply_scan_path
+    except ImportError:
+        return "hf"
+    return apply_scan_path(model, scan)
+
+
+def build_model(cfg: ModelConfig, tokenizer, verbose: bool = True):
+    """`(model, scan_path)`: a Mamba for `tokenizer`, from scratch or fine-tuned from `cfg.pretrained`.
+
+    The model is fp32 on the CPU (the caller moves it); `scan_path` is "kernels", "fast" or
+    "hf", and is printed, so every run says which selective scan it trains with.
+    """
+    if cfg.pretrained:
+        model = _load_pretrained(cfg.pretrained)
+        _check_same_base_vocab(cfg.pretrained, tokenizer)
+        added = resize_embeddings(model, padded_vocab_size(tokenizer))
+        if model.config.model_type != cfg.arch and verbose:
+            print(f"note: {cfg.pretrained!r} is a {model.config.model_type} model; --arch {cfg.arch} is ignored")
+        fim = FimTokens.from_tokenizer(tokenizer)
+        model.config.pad_token_id = fim.pad
+        source = f"fine-tuning {cfg.pretrained} ({added} new embedding rows)"
+    else:
+        from transformers import AutoModelForCausalLM
+
+        # the initial weights come from torch's global RNG: `train` seeds it first
+        model = AutoModelForCausalLM.from_config(model_config(cfg, tokenizer), dtype=torch.float32)
+        source = f"from scratch, preset {cfg.preset!r}"
+    scan_path = _install_scan(model, cfg.scan)
+    if verbose:
+        n = sum(p.numel() for p in model.parameters())
+        print(f"model: {model.config.model_type}, {n / 1e6:.2f}M parameters, {source}; "
+              f"selective scan: {SCAN_NAMES.get(scan_path, scan_path)}")
+    return model, scan_path
+
+
+def resolve_checkpoint_dir(path) -> Path:
+    """A run dir means its `latest/` (or `.latest.old/` if a save died between its two renames)."""
+    path = Path(path)
+    for candidate in (path / "latest", path / ".latest.old"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(
+        f"no model in {str(path)!r} (no config.json there or in latest/); pass a run directory written by "
+        "`python -m mamba_nb train`, its latest/ or snapshots/step-*/ folder, or an HF model directory"
+    )
+
+
+def load_checkpoint(path, scan: str = "auto", device: Optional[str] = None):
+    """`(model, tokenizer)` from a run dir, `latest/`, a snapshot, or any HF Mamba directory."""
+    from transformers import AutoTokenizer
+
+    directory = resolve_checkpoint_dir(path)
+    model = _load_pretrained(str(directory))
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    _install_scan(model, scan)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
