@@ -27,8 +27,17 @@ def ft(tok):
     return FimTokens.from_tokenizer(tok)
 
 
+_LITERAL = {}
+
+
 def encode(tok, text):
-    return tok(text, add_special_tokens=False)["input_ids"]
+    """Text as a dataset stores it: a string that spells a special token stays ordinary tokens."""
+    if id(tok) not in _LITERAL:
+        from tokenizers import Tokenizer
+
+        _LITERAL[id(tok)] = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+        _LITERAL[id(tok)].encode_special_tokens = True
+    return _LITERAL[id(tok)].encode(text, add_special_tokens=False).ids
 
 
 def decode(tok, ids):
@@ -221,12 +230,8 @@ def test_unknown_level_is_named(tok):
 
 
 def test_text_spelling_a_sentinel_is_not_a_sentinel(tok, ft):
-    from tokenizers import Tokenizer
-
     doc = "s = '<fim_middle>' + '<|endoftext|>'\n"
-    literal = Tokenizer.from_str(tok.backend_tokenizer.to_str())
-    literal.encode_special_tokens = True  # as a dataset should store such text: ordinary tokens
-    window = np.array(literal.encode(doc, add_special_tokens=False).ids + [ft.eot])
+    window = stream_of(tok, ft, [doc])
     assert not np.isin(window[:-1], [ft.eot, ft.middle]).any()
     res = apply_fim(window, tok, fim_rate=1.0, seed=0)
     assert (res.tokens[0] == ft.middle).sum() == 1 and (res.tokens[0] == ft.eot).sum() == 1
