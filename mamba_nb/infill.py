@@ -79,33 +79,35 @@ def build_prompt(prefix_ids: list[int], suffix_ids: list[int], mode: str, fim: O
 
 
 def _truncate(prefix_ids: list[int], suffix_ids: list[int], budget: int) -> tuple[list[int], list[int], int]:
-    """Cut the prefix's far (left) end, then the suffix's far (right) end, to fit `budget` tokens."""
+    """Fit `budget` tokens: cut the prefix's far (left) end first, but not below half the budget
+    (the suffix's start matters too), then the suffix's far (right) end."""
     over = len(prefix_ids) + len(suffix_ids) - budget
     if over <= 0:
         return prefix_ids, suffix_ids, 0
-    cut_prefix = min(over, len(prefix_ids))
-    prefix_ids = prefix_ids[cut_prefix:]
-    cut_suffix = over - cut_prefix
-    if cut_suffix:
-        suffix_ids = suffix_ids[: len(suffix_ids) - cut_suffix]
-    return prefix_ids, suffix_ids, over
+    keep_prefix = max(len(prefix_ids) - over, min(len(prefix_ids), budget // 2))
+    keep_suffix = budget - keep_prefix
+    return prefix_ids[len(prefix_ids) - keep_prefix:], suffix_ids[:keep_suffix], over
 
 
-def trained_context_len(checkpoint: Union[str, Path, None]) -> Optional[int]:
-    """`context_len` from the run config saved with a checkpoint (`run_config.yaml` in the
-    checkpoint, or in its run's `latest/` for a snapshot), or None if there is none."""
-    if checkpoint is None:
-        return None
+def run_config_of(checkpoint: Union[str, Path, None]) -> dict:
+    """The run config saved with a checkpoint (`run_config.yaml` in it, or in its run's
+    `latest/` for a snapshot), or {} if there is none (e.g. an HF checkpoint)."""
+    if not checkpoint:
+        return {}
     path = Path(checkpoint)
-    candidates = [path, path / "latest", path.parent, path.parent.parent / "latest"]
-    for d in candidates:
+    for d in (path, path / "latest", path.parent, path.parent.parent / "latest"):
         f = d / "run_config.yaml"
         if f.is_file():
             import yaml
 
-            value = (yaml.safe_load(f.read_text()) or {}).get("context_len")
-            return int(value) if value else None
-    return None
+            return yaml.safe_load(f.read_text()) or {}
+    return {}
+
+
+def trained_context_len(checkpoint: Union[str, Path, None]) -> Optional[int]:
+    """`context_len` the checkpoint was trained with, or None when unknown."""
+    value = run_config_of(checkpoint).get("context_len")
+    return int(value) if value else None
 
 
 # --- constrained first tokens (healing) -------------------------------------------------
@@ -251,7 +253,8 @@ def infill(
     `stop`: strings that end the middle (e.g. ["\\n"] for one line; the middle is cut before it).
     `best_of=n`: n samples per hole; those that ended with <|endoftext|> are preferred, then
     the highest mean log-probability. `context_len`: the trained context (default: read from the
-    checkpoint's run config); a longer prompt loses its prefix's far end, with a warning.
+    checkpoint's run config); a longer prompt loses its prefix's far end (then, past half the
+    context, the suffix's far end), with a warning.
     `heal`: token healing of the prefix's trailing whitespace (default: only for mode="lm").
     """
     single = isinstance(prefix, str)

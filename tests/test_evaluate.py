@@ -1,0 +1,132 @@
+"""evaluate: the metrics' invariants, deterministic tasks, HumanEval programs in the sandbox, the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mamba_nb.config import EvalConfig
+from mamba_nb.evaluate import (
+    check_program,
+    edit_similarity,
+    evaluate,
+    evaluate_cli,
+    exact_match,
+    format_table,
+    humaneval_problems,
+    humaneval_tasks,
+    levenshtein,
+    line_tasks,
+    mask_line,
+)
+from mamba_nb.sandbox import run_many
+from tiny_models import tiny_model
+
+short = st.text(alphabet="ab c\n", max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(a=short, b=short, c=short)
+def test_levenshtein_is_a_metric(a, b, c):
+    assert levenshtein(a, a) == 0
+    assert levenshtein(a, b) == levenshtein(b, a)
+    assert (levenshtein(a, b) == 0) == (a == b)
+    assert levenshtein(a, c) <= levenshtein(a, b) + levenshtein(b, c)
+    assert abs(len(a) - len(b)) <= levenshtein(a, b) <= max(len(a), len(b))
+    assert levenshtein(a, a + b) == len(b)
+
+
+def test_levenshtein_textbook_example():
+    assert levenshtein("kitten", "sitting") == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=short, b=short)
+def test_edit_similarity_is_one_only_for_equal_strings(a, b):
+    s = edit_similarity(a, b)
+    assert 0.0 <= s <= 1.0
+    assert (s == 1.0) == (a == b)
+    assert exact_match(" " + a + "\t", a)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet="x \n", max_size=40), data=st.data())
+def test_mask_line_puts_the_text_back_together(text, data):
+    i = data.draw(st.integers(0, text.count("\n")))
+    prefix, middle, suffix = mask_line(text, i)
+    assert prefix + middle + suffix == text
+    assert "\n" not in middle
+    assert prefix == "" or prefix.endswith("\n")
+    assert suffix == "" or suffix.startswith("\n")
+
+
+DOCS = ["def f(x):\n    return x + 1\n\n\nclass A:\n    pass\n", "import os\n\nprint(os.sep)\n" + "y = " + "1 + " * 80 + "1\n"]
+
+
+def test_line_tasks_are_deterministic_non_blank_and_skip_long_lines(tiny_tokenizer):
+    a = line_tasks(DOCS, 5, seed=1, tokenizer=tiny_tokenizer, max_line_tokens=20)
+    b = line_tasks(DOCS, 5, seed=1, tokenizer=tiny_tokenizer, max_line_tokens=20)
+    assert a == b
+    assert len(a) == 5
+    for t in a:
+        assert t.middle.strip()
+        assert t.prefix + t.middle + t.suffix in DOCS
+        assert not t.middle.startswith("y = ")  # too many tokens
+    assert len(line_tasks(DOCS, 100, seed=0)) == 7  # every non-blank line (4 + 3), no more
+
+
+def test_humaneval_canonical_lines_pass_and_wrong_ones_fail():
+    problems = humaneval_problems()
+    assert len(problems) == 164
+    tasks = humaneval_tasks(problems, limit=6)
+    assert len(tasks) == 6
+    truth = [check_program(t, t.middle, p) for t, p in tasks]
+    wrong = [check_program(t, t.middle.replace("return", "return None or") if "return" in t.middle else "", p)
+             for t, p in tasks]
+    results = run_many(truth + wrong, workers=2, timeout_s=5.0)
+    assert all(r.passed for r in results[:6]), [r.stderr[-200:] for r in results[:6] if not r.passed]
+    assert not all(r.passed for r in results[6:])
+    for t, p in tasks:
+        assert t.prefix.startswith(p["prompt"])  # the prompt is never the hole
+
+
+def _checkpoint(tmp_path, tokenizer, context_len=64):
+    import yaml
+
+    model = tiny_model("mamba2", tokenizer)
+    d = tmp_path / "run" / "latest"
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    (d / "run_config.yaml").write_text(yaml.safe_dump({"context_len": context_len, "seed": 0}))
+    return tmp_path / "run"
+
+
+def test_evaluate_reports_every_part_and_the_cli_writes_json(tmp_path, tiny_dataset, tiny_tokenizer, capsys):
+    run = _checkpoint(tmp_path, tiny_tokenizer)
+    cfg = EvalConfig(checkpoint=str(run), dataset=str(tiny_dataset.path), num_line_tasks=4, num_loss_windows=0,
+                     humaneval_limit=3)
+    report = evaluate_cli(cfg)
+    saved = json.loads((run / "latest" / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert report["context_len"] == 64
+    assert report["line"]["tasks"] == 4
+    for key in ("exact_match", "edit_similarity", "clean_rate"):
+        assert 0.0 <= report["line"]["fim"][key] <= 1.0
+    assert report["humaneval"]["tasks"] == 3
+    assert sum(report["humaneval"]["outcomes"].values()) == 3
+    validation = list(tiny_dataset.documents("validation"))
+    for ex in report["examples"]:
+        assert any(ex["truth"] in doc for doc in validation)  # tasks come from held-out documents
+    out = capsys.readouterr().out
+    assert "pass@1" in out and "edit_similarity" in out
+    assert format_table(report) in out
+
+
+def test_evaluate_losses(tmp_path, tiny_dataset, tiny_tokenizer):
+    pytest.importorskip("mamba_nb.windows")
+    run = _checkpoint(tmp_path, tiny_tokenizer, context_len=32)
+    cfg = EvalConfig(num_line_tasks=1, num_loss_windows=2, humaneval=False)
+    report = evaluate(str(run), tiny_dataset, cfg, progress=False)
+    assert report["loss"]["val_loss"] > 0 and report["loss"]["val_fim_loss"] > 0
