@@ -31,6 +31,27 @@ TINY_VOCAB_SIZE = 512
 TINY_VALIDATION_FRACTION = 0.2
 BINARY_NAME = "blob.py"  # matches the *.py pattern on purpose: it must be skipped as binary
 LATIN1_NAME = "latin1.py"  # valid latin-1, invalid UTF-8: must be skipped as not UTF-8
+# A document that spells our special tokens as text: they must stay text, never become separators.
+SPECIAL_TEXT_NAME = "spells_special_tokens.py"
+SPECIAL_TEXT = 'SEP = "<|endoftext|>"\nFIM = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>")\n'
+
+
+def plain_tokenizer_dir(path: Path, special: tuple[str, ...] = ("<|endoftext|>",)) -> str:
+    """A tiny byte-level BPE (vocab 300) saved like a hub tokenizer, knowing only `special`
+    (so not our FIM tokens): what `load_hf_tokenizer` meets in the wild."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [(STDLIB / rel).read_text() for rel in TINY_CORPUS_FILES[:5]]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=list(special), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(texts, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=special[0]).save_pretrained(path)
+    return str(path)
 
 
 def make_tiny_corpus(root: Path) -> Path:
@@ -40,13 +61,15 @@ def make_tiny_corpus(root: Path) -> Path:
         shutil.copyfile(STDLIB / rel, dest)
     (root / BINARY_NAME).write_bytes(bytes(range(256)) * 4)
     (root / LATIN1_NAME).write_bytes("# caf\u00e9 = 'na\u00efve'\nx = 1\n".encode("latin-1"))
+    (root / SPECIAL_TEXT_NAME).write_text(SPECIAL_TEXT)
     (root / "README.txt").write_text("not matched by **/*.py\n")
     return root
 
 
 @pytest.fixture(scope="session")
 def tiny_corpus_dir(tmp_path_factory) -> Path:
-    """~30 small stdlib modules (some in sub-directories), one binary file and one latin-1 file."""
+    """~30 small stdlib modules (some in sub-directories), one file spelling the special tokens,
+    one binary file and one latin-1 file (both named *.py), and a README.txt."""
     return make_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from conftest import STDLIB, TINY_CORPUS_FILES
+from conftest import STDLIB, TINY_CORPUS_FILES, plain_tokenizer_dir
 from mamba_nb.tokenizer import (
     EOT,
     FIM_PAD,
@@ -28,19 +28,6 @@ TEXTS = [(STDLIB / rel).read_text() for rel in TINY_CORPUS_FILES]
 @pytest.fixture(scope="module")
 def bpe():
     return train_bpe(iter(TEXTS), vocab_size=400)
-
-
-def _plain_bpe(special: list[str], path) -> str:
-    """A tiny byte-level BPE saved like a hub tokenizer, knowing only `special` (not our FIM tokens)."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(
-        TEXTS[:5],
-        trainers.BpeTrainer(vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
-    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=special[0]).save_pretrained(path)
-    return str(path)
 
 
 def test_train_bpe_special_tokens_and_size(bpe):
@@ -92,7 +79,7 @@ def test_train_bpe_rejects_tiny_vocab():
 
 
 def test_load_hf_tokenizer_adds_missing_fim_tokens_with_new_ids(tmp_path):
-    path = _plain_bpe([EOT], tmp_path)
+    path = plain_tokenizer_dir(tmp_path)
     before = AutoTokenizer.from_pretrained(path).get_vocab()
     assert not set(SPECIAL_TOKENS[1:]) & set(before)
     tok = load_hf_tokenizer(path)
@@ -108,7 +95,7 @@ def test_load_hf_tokenizer_adds_missing_fim_tokens_with_new_ids(tmp_path):
 
 
 def test_load_hf_tokenizer_keeps_an_existing_fim_token(tmp_path):
-    path = _plain_bpe([EOT, FIM_PREFIX], tmp_path)
+    path = plain_tokenizer_dir(tmp_path, (EOT, FIM_PREFIX))
     before = AutoTokenizer.from_pretrained(path).get_vocab()
     tok = load_hf_tokenizer(path)
     assert tok.get_vocab()[FIM_PREFIX] == before[FIM_PREFIX]
@@ -127,7 +114,7 @@ def test_load_hf_tokenizer_names_a_bad_path(tmp_path):
 
 
 def test_fim_tokens_names_the_missing_token(tmp_path):
-    tok = AutoTokenizer.from_pretrained(_plain_bpe([EOT], tmp_path))
+    tok = AutoTokenizer.from_pretrained(plain_tokenizer_dir(tmp_path))
     with pytest.raises(ValueError, match="fim_prefix.*load_hf_tokenizer"):
         FimTokens.from_tokenizer(tok)
 

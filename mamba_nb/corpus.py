@@ -1,0 +1,278 @@
+"""Where the text comes from: each source is an iterator of `Document(text, source)`.
+
+Three sources behind one interface (`Corpus`):
+- `stdlib_corpus()`: every `.py` file of the running interpreter's standard library, in
+  sorted order. `site-packages` is excluded; the stdlib's own tests (`test/`, `*/tests/`,
+  `idle_test/`) are kept: they are real Python and make up about half of the code.
+- `FileCorpus(root, patterns)`: the files under any directory that match glob patterns
+  (any language), in sorted order of their path relative to `root`.
+- `HFCorpus(name_or_files, text_column, ...)`: a Hugging Face dataset through
+  `datasets.load_dataset`, by hub name or local data files (json/jsonl, parquet, csv, txt).
+
+A file that is binary (holds a NUL byte) or not valid UTF-8 is skipped, and so is an
+empty document; each pass counts them in `corpus.skipped`, which reaches the dataset's
+summary. Every iteration is a fresh pass (the dataset build makes two).
+
+This module does not tokenize, split into train/validation, or store anything.
+"""
+from __future__ import annotations
+
+import itertools
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+# How many skipped sources each pass remembers by name (the counts are always complete).
+MAX_SKIP_EXAMPLES = 10
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read as asked (nothing matched, a missing column, ...)."""
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    source: str  # a path relative to the corpus root, or "<dataset>:<split>:<row>"
+
+
+@dataclass
+class SkipCounts:
+    """What one pass over a corpus left out, and why."""
+
+    binary: int = 0
+    not_utf8: int = 0
+    empty: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, source: str) -> None:
+        setattr(self, reason, getattr(self, reason) + 1)
+        if len(self.examples) < MAX_SKIP_EXAMPLES:
+            self.examples.append(f"{source} ({reason})")
+
+    @property
+    def total(self) -> int:
+        return self.binary + self.not_utf8 + self.empty
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"binary": self.binary, "not_utf8": self.not_utf8, "empty": self.empty, "examples": list(self.examples)}
+
+
+class Corpus:
+    """An iterable of `Document`s. Subclasses implement `_documents()`; iteration applies
+    `max_documents` and resets `skipped` at the start of each pass."""
+
+    kind: str = "corpus"
+
+    def __init__(self, max_documents: Optional[int] = None):
+        if max_documents is not None and max_documents <= 0:
+            raise CorpusError(f"max_documents={max_documents} must be positive (or None for all documents)")
+        self.max_documents = max_documents
+        self.skipped = SkipCounts()
+
+    def __iter__(self) -> Iterator[Document]:
+        self.skipped = SkipCounts()
+        return itertools.islice(self._documents(), self.max_documents)
+
+    def _documents(self) -> Iterator[Document]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """The number of candidate documents (before skips); only where it is known up front."""
+        raise TypeError(f"{type(self).__name__} does not know its length before a pass")
+
+    def describe(self) -> dict[str, Any]:
+        """Where the documents come from, as plain data (for the dataset's manifest)."""
+        return {"kind": self.kind, "max_documents": self.max_documents}
+
+
+def decode_file(data: bytes) -> tuple[Optional[str], Optional[str]]:
+    """(text, None) for a UTF-8 text file; (None, reason) for one to skip."""
+    if b"\x00" in data:
+        return None, "binary"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not_utf8"
+    if not text:
+        return None, "empty"
+    return text, None
+
+
+class FileCorpus(Corpus):
+    """Files read from disk. `files` are given explicitly or found by `FileCorpus.glob`."""
+
+    kind = "dir"
+
+    def __init__(self, root: str | Path, files: Sequence[Path], patterns: Sequence[str] = (), max_documents=None):
+        super().__init__(max_documents)
+        self.root = Path(root)
+        self.files = list(files)
+        self.patterns = list(patterns)
+
+    @classmethod
+    def glob(cls, root: str | Path, patterns: Sequence[str] = ("**/*.py",), exclude: Sequence[str] = (), max_documents=None):
+        """Every file under `root` matching any of `patterns` (and no `exclude` directory name), sorted."""
+        root = Path(root).expanduser()
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not root.is_dir():
+            raise CorpusError(f"corpus directory {str(root)!r} does not exist or is not a directory; pass --path DIR")
+        if not patterns:
+            raise CorpusError(f"no glob patterns given for {str(root)!r}; pass e.g. --patterns '**/*.py'")
+        excluded = set(exclude)
+        found = {
+            p
+            for pattern in patterns
+            for p in root.glob(pattern)
+            if p.is_file() and not excluded.intersection(p.relative_to(root).parts[:-1])
+        }
+        if not found:
+            raise CorpusError(
+                f"no file under {str(root)!r} matches the patterns {list(patterns)}; "
+                "check --path and --patterns (globs relative to the directory, e.g. '**/*.py')"
+            )
+        files = sorted(found, key=lambda p: p.relative_to(root).as_posix())
+        return cls(root, files, patterns, max_documents)
+
+    def __len__(self) -> int:
+        return len(self.files) if self.max_documents is None else min(len(self.files), self.max_documents)
+
+    def _documents(self) -> Iterator[Document]:
+        for path in self.files:
+            source = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+            text, reason = decode_file(path.read_bytes())
+            if text is None:
+                self.skipped.add(reason, source)
+                continue
+            yield Document(text, source)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": str(self.root), "patterns": self.patterns, "files": len(self.files)}
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_corpus(max_documents: Optional[int] = None) -> FileCorpus:
+    """The `.py` files of this interpreter's standard library (tests included, site-packages not)."""
+    corpus = FileCorpus.glob(stdlib_root(), ["**/*.py"], exclude=["site-packages", "dist-packages"], max_documents=max_documents)
+    corpus.kind = "stdlib"
+    return corpus
+
+
+class HFCorpus(Corpus):
+    """Rows of a Hugging Face dataset: one document per row, text from `text_column`.
+
+    `name_or_files` is a hub name (needs network) or local data files: one path, a glob,
+    or a directory of json/jsonl/parquet/csv/txt files. Streaming keeps memory flat
+    whatever the dataset's size.
+    """
+
+    kind = "hf"
+
+    def __init__(
+        self,
+        name_or_files: str,
+        text_column: str = "content",
+        split: str = "train",
+        config_name: Optional[str] = None,
+        streaming: bool = True,
+        max_documents: Optional[int] = None,
+    ):
+        super().__init__(max_documents)
+        if not name_or_files:
+            raise CorpusError("source 'hf' needs --path: a hub dataset name or local data files")
+        self.name_or_files = name_or_files
+        self.text_column = text_column
+        self.split = split
+        self.config_name = config_name
+        self.streaming = streaming
+
+    def _load(self):
+        import datasets
+
+        path = Path(self.name_or_files).expanduser()
+        builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+        try:
+            if builder is not None:  # local data files (a path or a glob such as data/*.parquet)
+                if not any(path.parent.glob(path.name)):
+                    raise CorpusError(
+                        f"no data file matches {self.name_or_files!r}; pass --path as an existing "
+                        f"file or glob ({', '.join(sorted(DATA_FILE_BUILDERS))})"
+                    )
+                return datasets.load_dataset(
+                    builder, data_files={self.split: str(path)}, split=self.split, streaming=self.streaming
+                )
+            return datasets.load_dataset(
+                str(path) if path.is_dir() else self.name_or_files,
+                self.config_name,
+                split=self.split,
+                streaming=self.streaming,
+            )
+        except CorpusError:
+            raise
+        except Exception as err:  # datasets raises many kinds; all mean "could not load this"
+            raise CorpusError(
+                f"could not load the Hugging Face dataset {self.name_or_files!r} "
+                f"(config {self.config_name!r}, split {self.split!r}): {err}"
+            ) from err
+
+    def _documents(self) -> Iterator[Document]:
+        ds = self._load()
+        columns = getattr(ds, "column_names", None)
+        if columns is not None and self.text_column not in columns:
+            raise CorpusError(
+                f"dataset {self.name_or_files!r} has no column {self.text_column!r}; "
+                f"its columns are {columns}: pass --hf-text-column with one of them"
+            )
+        for row_index, row in enumerate(ds):
+            source = f"{self.name_or_files}:{self.split}:{row_index}"
+            if self.text_column not in row:
+                raise CorpusError(
+                    f"row {row_index} of {self.name_or_files!r} has no column {self.text_column!r} "
+                    f"(it has {sorted(row)}); pass --hf-text-column with one of them"
+                )
+            text = row[self.text_column]
+            if isinstance(text, bytes):
+                text, reason = decode_file(text)
+                if text is None:
+                    self.skipped.add(reason, source)
+                    continue
+            if not text:
+                self.skipped.add("empty", source)
+                continue
+            if not isinstance(text, str):
+                raise CorpusError(
+                    f"column {self.text_column!r} of {self.name_or_files!r} holds {type(text).__name__}, "
+                    "not text; pass --hf-text-column naming a text column"
+                )
+            yield Document(text, source)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "path": self.name_or_files,
+            "text_column": self.text_column,
+            "split": self.split,
+            "config": self.config_name,
+            "streaming": self.streaming,
+        }
+
+
+def corpus_from_config(cfg) -> Corpus:
+    """The corpus a `DataConfig` names (`source`, `path`, `patterns`, `hf_*`, `max_documents`)."""
+    if cfg.source == "stdlib":
+        return stdlib_corpus(cfg.max_documents)
+    if cfg.source == "dir":
+        if not cfg.path:
+            raise CorpusError("source 'dir' needs --path DIR (and optionally --patterns '**/*.py' ...)")
+        return FileCorpus.glob(cfg.path, cfg.patterns, max_documents=cfg.max_documents)
+    if cfg.source == "hf":
+        return HFCorpus(
+            cfg.path, cfg.hf_text_column, cfg.hf_split, cfg.hf_config, cfg.hf_streaming, cfg.max_documents
+        )
+    raise CorpusError(f"unknown source {cfg.source!r}; pass --source stdlib, dir or hf")

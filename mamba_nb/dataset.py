@@ -1,0 +1,585 @@
+"""Build and open the Lance token dataset: corpus → tokenizer → one token array per split.
+
+On disk (`out_dir/`):
+    manifest.json         written last; its presence means the dataset is complete
+    tokenizer/            the tokenizer (`save_pretrained`)
+    train.lance           column "token" (uint16, or uint32 for vocabularies over 65,536):
+    validation.lance        one token per row, each document followed by <|endoftext|>
+    train_docs.lance      one row per document: start, length (tokens incl. its EOT), source
+    validation_docs.lance
+
+`build_dataset(cfg)` streams: documents are read, assigned to a split, tokenized in
+batches and written as they come, so memory stays flat whatever the corpus size. It is
+deterministic (same corpus + seed → same split and tokens), idempotent (a complete dataset
+with the same settings is reused) and atomic (it builds in a hidden sibling directory and
+renames it into place, so an interrupted build never looks complete).
+`open_dataset(path)` opens a built dataset as a `TokenDataset`.
+
+This module does not cut windows, shuffle, or apply FIM (`sampler.py`, `windows.py`, `fim.py`).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from mamba_nb.config import DataConfig, to_dict
+from mamba_nb.corpus import Corpus, Document, corpus_from_config
+from mamba_nb.tokenizer import EOT, FimTokens, load_hf_tokenizer, token_dtype, train_bpe, vocab_size_of
+
+FORMAT = "mamba-nb-token-dataset"
+FORMAT_VERSION = 1
+SPLITS = ("train", "validation")
+MANIFEST = "manifest.json"
+SCHEMA_METADATA_KEY = b"mamba_nb"  # the manifest, also stored in each token array's Lance schema
+# One encode_batch call gets documents up to this many characters (or DOCS_PER_BATCH documents):
+# large enough that the Rust tokenizer keeps every core busy, small enough to bound memory.
+CHARS_PER_BATCH = 4_000_000
+DOCS_PER_BATCH = 1024
+QUEUE_DEPTH = 4  # batches in flight between the reader, the tokenizer and each writer
+DOCS_SCHEMA = pa.schema([("start", pa.int64()), ("length", pa.int64()), ("source", pa.string())])
+# Settings that do not change what gets built (so a dataset is reused whatever their value).
+NOT_CONTENT_SETTINGS = ("out_dir", "overwrite")
+
+
+class DatasetError(RuntimeError):
+    """A dataset that is missing, incomplete, corrupt, or cannot be built as asked."""
+
+
+def _build_command(path: Path | str) -> str:
+    return f"python -m mamba_nb build-dataset --out-dir {path}"
+
+
+# --- the split -------------------------------------------------------------------
+
+
+def _uniform(seed: int, k: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, k), the same on every machine and Python."""
+    digest = hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+def is_validation(index: int, validation_fraction: float, seed: int) -> bool:
+    """Does document number `index` (0-based, in corpus order) go to validation?
+
+    Systematic sampling with a random point in every unit interval: document i covers
+    [i·f, (i+1)·f) of a line on which point k sits at k + u(seed, k); a document holding
+    a point is a validation document. Every document has chance ≈ f, the validation
+    documents are spread over the whole corpus (the stdlib is sorted by package), there are
+    ⌊N·f⌋ or fewer (never more than ⌊N·f⌋+1) of them and at least one once N·f ≥ 1, and the
+    decision needs nothing but the index: the build can stream. A smaller `max_documents`
+    keeps the same split for the documents it keeps.
+    """
+    lo, hi = index * validation_fraction, (index + 1) * validation_fraction
+    return any(lo <= k + _uniform(seed, k) < hi for k in range(math.floor(lo), math.floor(hi) + 1))
+
+
+def split_documents(num_documents: int, validation_fraction: float, seed: int) -> np.ndarray:
+    """The split of documents 0..n-1 as a bool array (True = validation); for tests and plots."""
+    return np.array([is_validation(i, validation_fraction, seed) for i in range(num_documents)], dtype=bool)
+
+
+# --- streaming writes ----------------------------------------------------------------
+
+
+class _LanceWriter:
+    """Writes the record batches put into it to one Lance dataset, on its own thread.
+
+    `lance.write_dataset` pulls from a RecordBatchReader; feeding it from a bounded queue
+    lets one pass over the corpus fill four datasets at once while tokenization goes on.
+    """
+
+    _DONE = object()
+
+    def __init__(self, uri: Path, schema: pa.Schema):
+        self.uri, self.schema = uri, schema
+        self.queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        self.error: Optional[BaseException] = None
+        self.rows = 0
+        self.thread = threading.Thread(target=self._run, name=f"lance-writer-{uri.name}", daemon=True)
+        self.thread.start()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        while (batch := self.queue.get()) is not self._DONE:
+            yield batch
+
+    def _run(self) -> None:
+        import lance
+
+        try:
+            reader = pa.RecordBatchReader.from_batches(self.schema, self._batches())
+            # The default 1,024 rows per group would cut a one-token-per-row array into
+            # tiny pages; a larger group keeps the file compact and fast to read.
+            lance.write_dataset(reader, str(self.uri), schema=self.schema, max_rows_per_group=64 * 1024)
+        except BaseException as err:  # reported to the building thread by put()/close()
+            self.error = err
+            while self.queue.get() is not self._DONE:  # drain so the producer never blocks forever
+                pass
+
+    def put(self, batch: pa.RecordBatch) -> None:
+        if self.error is not None:
+            raise DatasetError(f"writing {self.uri} failed: {self.error}") from self.error
+        self.rows += batch.num_rows
+        self.queue.put(batch)
+
+    def close(self) -> None:
+        self.queue.put(self._DONE)
+        self.thread.join()
+        if self.error is not None:
+            raise DatasetError(f"writing {self.uri} failed: {self.error}") from self.error
+
+
+def _background(items: Iterable, depth: int = QUEUE_DEPTH) -> Iterator:
+    """Iterate `items` on a helper thread, `depth` items ahead (file reading overlaps tokenizing)."""
+    q: queue.Queue = queue.Queue(depth)
+    done, stop = object(), threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as err:
+            failure.append(err)
+        q.put(done)
+
+    thread = threading.Thread(target=run, name="corpus-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        stop.set()  # the consumer stopped early (error, interrupt): let the reader end
+        thread.join()
+
+
+def _chunks(docs: Iterable[tuple[str, Document]]) -> Iterator[tuple[str, list[Document]]]:
+    """Group (split, document) pairs into per-split batches of ~CHARS_PER_BATCH characters."""
+    pending: dict[str, list[Document]] = {s: [] for s in SPLITS}
+    chars = dict.fromkeys(SPLITS, 0)
+    for split, doc in docs:
+        pending[split].append(doc)
+        chars[split] += len(doc.text)
+        if chars[split] >= CHARS_PER_BATCH or len(pending[split]) >= DOCS_PER_BATCH:
+            yield split, pending[split]
+            pending[split], chars[split] = [], 0
+    for split in SPLITS:
+        if pending[split]:
+            yield split, pending[split]
+
+
+def _split_documents(corpus: Corpus, cfg: DataConfig) -> Iterator[tuple[str, Document]]:
+    for index, doc in enumerate(corpus):
+        yield ("validation" if is_validation(index, cfg.validation_fraction, cfg.seed) else "train"), doc
+
+
+class _Encoder:
+    """Batched tokenization straight into the on-disk dtype, each document + EOT."""
+
+    def __init__(self, tokenizer, dtype: np.dtype):
+        from tokenizers import Tokenizer
+
+        # A private copy of the Rust tokenizer: special tokens spelled inside a document
+        # ("<|endoftext|>" in a docstring) are encoded as plain text, so the only EOTs in
+        # the array are the separators we put there; no padding/truncation, no BOS.
+        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.backend.encode_special_tokens = True
+        self.backend.no_padding()
+        self.backend.no_truncation()
+        self.eot = [tokenizer.convert_tokens_to_ids(EOT)]
+        self.dtype = dtype
+        self.encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """→ (tokens (T,) dtype, lengths (n,) int64), lengths counting each document's EOT."""
+        ids = [enc.ids for enc in self.encode(texts, add_special_tokens=False)]
+        lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+        flat = itertools.chain.from_iterable(itertools.chain.from_iterable(zip(ids, itertools.repeat(self.eot))))
+        return np.fromiter(flat, dtype=self.dtype, count=int(lengths.sum())), lengths
+
+
+# --- the build -------------------------------------------------------------------------
+
+
+def _content_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in NOT_CONTENT_SETTINGS}
+
+
+def _known_length(corpus: Corpus) -> Optional[int]:
+    try:
+        return len(corpus)
+    except TypeError:  # a streamed corpus does not know its length
+        return None
+
+
+def train_bpe_on(corpus: Corpus, cfg: DataConfig, progress: bool = False):
+    """The BPE `build_dataset` trains: one streaming pass over the train split of `corpus` only
+    (validation documents stay unseen by the tokenizer too)."""
+    from tqdm.auto import tqdm
+
+    texts = (doc.text for split, doc in _split_documents(corpus, cfg) if split == "train")
+    total = _known_length(corpus)
+    bar = tqdm(texts, total=total, desc="training BPE (train split)", unit="doc", disable=not progress)
+    return train_bpe(bar, cfg.vocab_size)
+
+
+def _tokenize_and_write(corpus: Corpus, cfg: DataConfig, tokenizer, dtype: np.dtype, tmp: Path, progress: bool):
+    """One streaming pass: read, split, encode in batches, write four Lance datasets. → per-split stats."""
+    from tqdm.auto import tqdm
+
+    token_schema = pa.schema([("token", pa.from_numpy_dtype(dtype))])
+    writers = {
+        split: (_LanceWriter(tmp / f"{split}.lance", token_schema), _LanceWriter(tmp / f"{split}_docs.lance", DOCS_SCHEMA))
+        for split in SPLITS
+    }
+    stats = {split: {"documents": 0, "tokens": 0, "bytes": 0, "characters": 0} for split in SPLITS}
+    encode = _Encoder(tokenizer, dtype)
+    bar = tqdm(total=_known_length(corpus), desc="tokenizing → Lance", unit="doc", disable=not progress)
+    try:
+        for split, docs in _background(_chunks(_split_documents(corpus, cfg))):
+            texts = [d.text for d in docs]
+            tokens, lengths = encode(texts)
+            s = stats[split]
+            starts = s["tokens"] + np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
+            tokens_out, docs_out = writers[split]
+            tokens_out.put(pa.record_batch([pa.array(tokens)], schema=token_schema))
+            docs_out.put(
+                pa.record_batch([pa.array(starts), pa.array(lengths), pa.array([d.source for d in docs])], schema=DOCS_SCHEMA)
+            )
+            s["documents"] += len(docs)
+            s["tokens"] += int(lengths.sum())
+            s["characters"] += sum(len(t) for t in texts)
+            s["bytes"] += sum(len(t.encode("utf-8")) for t in texts)
+            bar.update(len(docs))
+    finally:
+        bar.close()
+        for tokens_out, docs_out in writers.values():
+            tokens_out.close()
+            docs_out.close()
+    return stats
+
+
+def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
+    import lance
+
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    for split in SPLITS:  # the same metadata travels inside the Lance data itself
+        lance.dataset(str(tmp / f"{split}.lance")).update_schema_metadata({SCHEMA_METADATA_KEY.decode(): text})
+    part = tmp / (MANIFEST + ".part")
+    part.write_text(text)
+    os.replace(part, tmp / MANIFEST)
+
+
+def _is_ours(path: Path) -> bool:
+    """A directory this module made: its manifest names our format (complete or damaged)."""
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_builds(out: Path) -> None:
+    """Delete the temporary directories that killed builds of `out` left behind."""
+    for tmp in out.parent.glob(f".{out.name}.building-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bool = True) -> "TokenDataset":
+    """Build the token dataset `cfg` describes in `cfg.out_dir` (or reuse it), → `TokenDataset`.
+
+    `corpus` overrides the one `cfg` names (the benchmark passes a repeated stdlib).
+    Reuse: a complete dataset built with the same settings is opened, not rebuilt; one
+    with other settings is an error unless `cfg.overwrite`. A directory that is not a
+    dataset of ours is never deleted.
+    """
+    out = Path(cfg.out_dir).expanduser().absolute()
+    settings = to_dict(cfg)
+    if not 0 < cfg.validation_fraction < 1:
+        raise DatasetError(
+            f"validation_fraction={cfg.validation_fraction} must be between 0 and 1 (exclusive); e.g. --validation-fraction 0.05"
+        )
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not _is_ours(out)):
+            raise DatasetError(
+                f"{str(out)!r} exists and is not a mamba-nb dataset (no {MANIFEST} of ours); refusing to "
+                "overwrite it: pass another --out-dir, or delete it yourself if it is yours to delete"
+            )
+        if not cfg.overwrite and any(out.iterdir()):
+            ds = open_dataset(out)  # raises DatasetError (with the --overwrite hint) if damaged
+            old = _content_settings(ds.meta["settings"])
+            if corpus is None and old != _content_settings(settings):
+                diff = {k: (old.get(k), v) for k, v in _content_settings(settings).items() if old.get(k) != v}
+                raise DatasetError(
+                    f"the dataset at {str(out)!r} was built with other settings ({{name: (built, asked)}}: {diff}); "
+                    f"pass --overwrite to rebuild it, or another --out-dir"
+                )
+            return ds
+    if cfg.tokenizer is None and cfg.vocab_size is not None:
+        token_dtype(cfg.vocab_size)  # fail before reading anything
+    corpus = corpus if corpus is not None else corpus_from_config(cfg)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(out)
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    tmp.mkdir()
+    started = time.time()
+    try:
+        if cfg.tokenizer is None:
+            tokenizer = train_bpe_on(corpus, cfg, progress)
+            tokenizer_info = {"kind": "bpe", "trained_on": "train split", "requested_vocab_size": cfg.vocab_size}
+        else:
+            tokenizer = load_hf_tokenizer(cfg.tokenizer)
+            tokenizer_info = {"kind": "hf", "name_or_path": cfg.tokenizer}
+        fim = FimTokens.from_tokenizer(tokenizer)
+        vocab_size = vocab_size_of(tokenizer)
+        dtype = token_dtype(vocab_size)
+        tokenizer_info["class"] = type(tokenizer).__name__
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        tokenize_started = time.time()
+        stats = _tokenize_and_write(corpus, cfg, tokenizer, dtype, tmp, progress)
+        for split in SPLITS:
+            if stats[split]["documents"] == 0:
+                raise DatasetError(
+                    f"the {split} split of {corpus.describe()} is empty: {stats['train']['documents'] + stats['validation']['documents']} "
+                    f"document(s) in all with validation_fraction={cfg.validation_fraction}; "
+                    "use more documents (--max-documents) or change --validation-fraction"
+                )
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": corpus.describe(),
+            "tokenizer": tokenizer_info,
+            "vocab_size": vocab_size,
+            "dtype": dtype.name,
+            "fim_tokens": {"eot": fim.eot, "prefix": fim.prefix, "middle": fim.middle, "suffix": fim.suffix, "pad": fim.pad},
+            "splits": stats,
+            "skipped": corpus.skipped.to_dict(),
+            "settings": settings,
+            "build_seconds": {"tokenizer": round(tokenize_started - started, 3), "tokenize_and_write": round(time.time() - tokenize_started, 3)},
+        }
+        _write_manifest(tmp, manifest)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_dataset(out)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished build onto `out`; an old dataset of ours there is replaced."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old) if any(out.iterdir()) else out.rmdir()
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+# --- opening ---------------------------------------------------------------------------
+
+
+def open_dataset(path: str | Path) -> "TokenDataset":
+    """Open a dataset `build_dataset` made. Missing, incomplete or damaged → `DatasetError`."""
+    path = Path(path).expanduser().absolute()
+    build = _build_command(path)
+    if not path.is_dir():
+        raise DatasetError(f"no dataset at {str(path)!r}; build it with `{build}`")
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise DatasetError(
+            f"{str(path)!r} is not a complete dataset (no {MANIFEST}: the build did not finish, or it is "
+            f"another directory); rebuild it with `{build} --overwrite`"
+        )
+    try:
+        meta = json.loads(manifest.read_text())
+    except ValueError as err:
+        raise DatasetError(f"{str(manifest)!r} is not valid JSON ({err}); rebuild with `{build} --overwrite`") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DatasetError(f"{str(manifest)!r} is not a mamba-nb dataset manifest; rebuild with `{build} --overwrite`")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(
+            f"the dataset at {str(path)!r} has format version {meta.get('format_version')}, this code reads "
+            f"{FORMAT_VERSION}; rebuild with `{build} --overwrite`"
+        )
+    needed = ["tokenizer", *(f"{s}.lance" for s in SPLITS), *(f"{s}_docs.lance" for s in SPLITS)]
+    missing = [n for n in needed if not (path / n).is_dir()]
+    if missing:
+        raise DatasetError(f"the dataset at {str(path)!r} lacks {missing}; rebuild with `{build} --overwrite`")
+    return TokenDataset(path, meta)
+
+
+class TokenDataset:
+    """A built dataset: its manifest (`meta`), tokenizer, and the token arrays of both splits.
+
+    Lance handles are opened lazily and per process (Lance is not fork-safe), and a
+    `TokenDataset` pickles as just its path, so DataLoader workers reopen it themselves.
+    """
+
+    splits = SPLITS
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = Path(path)
+        self.meta = meta
+        self.fim_tokens = FimTokens(**meta["fim_tokens"])
+        self.dtype = np.dtype(meta["dtype"])
+        self._tokenizer = None
+        self._handles: dict[str, Any] = {}
+        self._handles_pid: Optional[int] = None
+        self._spans: dict[str, np.ndarray] = {}
+
+    def __reduce__(self):
+        return open_dataset, (str(self.path),)
+
+    def __repr__(self) -> str:
+        n = {s: self.num_tokens(s) for s in SPLITS}
+        return f"TokenDataset({str(self.path)!r}, tokens={n}, vocab_size={self.meta['vocab_size']})"
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path / "tokenizer")
+        return self._tokenizer
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; the splits are {SPLITS}")
+
+    def _open(self, name: str):
+        import lance
+
+        if self._handles_pid != os.getpid():  # a forked child must not reuse the parent's handles
+            self._handles, self._handles_pid = {}, os.getpid()
+        if name not in self._handles:
+            try:
+                self._handles[name] = lance.dataset(str(self.path / f"{name}.lance"))
+            except (OSError, ValueError) as err:
+                raise DatasetError(
+                    f"cannot open {name}.lance of {str(self.path)!r} ({err}); rebuild with "
+                    f"`{_build_command(self.path)} --overwrite`"
+                ) from err
+        return self._handles[name]
+
+    def tokens(self, split: str):
+        """The split's token array as a `lance.LanceDataset` (column "token", one token per row)."""
+        self._check_split(split)
+        return self._open(split)
+
+    def num_tokens(self, split: str) -> int:
+        self._check_split(split)
+        return int(self.meta["splits"][split]["tokens"])
+
+    def num_documents(self, split: str) -> int:
+        self._check_split(split)
+        return int(self.meta["splits"][split]["documents"])
+
+    def read(self, split: str, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of `split` as a numpy array of the stored dtype."""
+        n = self.num_tokens(split)
+        if start < 0 or length < 0 or start + length > n:
+            raise IndexError(f"tokens [{start}, {start + length}) are outside {split}'s {n} tokens")
+        if length == 0:
+            return np.empty(0, dtype=self.dtype)
+        table = self.tokens(split).take(np.arange(start, start + length), columns=["token"])
+        return table.column("token").to_numpy()
+
+    def doc_spans(self, split: str) -> np.ndarray:
+        """(n, 2) int64: each document's [start, length] in the token array (length includes its EOT)."""
+        self._check_split(split)
+        if split not in self._spans:
+            table = self._open(f"{split}_docs").to_table(columns=["start", "length"])
+            spans = np.stack([table.column("start").to_numpy(), table.column("length").to_numpy()], axis=1)
+            self._spans[split] = spans.astype(np.int64, copy=False)
+        return self._spans[split]
+
+    def sources(self, split: str) -> list[str]:
+        """Each document's source (path or id), in the order of `doc_spans`."""
+        self._check_split(split)
+        return self._open(f"{split}_docs").to_table(columns=["source"]).column("source").to_pylist()
+
+    def documents(self, split: str, batch_tokens: int = 1 << 20) -> Iterator[str]:
+        """The decoded text of each document of `split`, without its EOT, in order."""
+        spans = self.doc_spans(split)
+        i = 0
+        while i < len(spans):
+            # read whole documents, about batch_tokens at a time
+            j = i + 1
+            while j < len(spans) and spans[j, 0] + spans[j, 1] - spans[i, 0] <= batch_tokens:
+                j += 1
+            base = int(spans[i, 0])
+            block = self.read(split, base, int(spans[j - 1, 0] + spans[j - 1, 1]) - base)
+            for start, length in spans[i:j]:
+                ids = block[start - base : start - base + length - 1]
+                yield self.tokenizer.decode(ids.tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            i = j
+
+    def summary(self) -> str:
+        """What was built from what, split by split, and where it lives."""
+        m = self.meta
+        src = m["source"]
+        where = src.get("path") or ""
+        extra = f" ({', '.join(src['patterns'])}, {src['files']} files)" if "patterns" in src else ""
+        tok = m["tokenizer"]
+        tok_desc = "byte-level BPE trained on the train split" if tok["kind"] == "bpe" else f"{tok['name_or_path']}"
+        lines = [
+            f"Lance token dataset at {self.path}",
+            f"  source:    {src['kind']} {where}{extra}" + (f", first {src['max_documents']} documents" if src.get("max_documents") else ""),
+            f"  tokenizer: {tok_desc}, vocab {m['vocab_size']:,}, stored as {m['dtype']}",
+            f"  {'split':<11}{'documents':>11}{'tokens':>14}{'bytes':>15}{'bytes/token':>13}",
+        ]
+        for split in SPLITS:
+            s = m["splits"][split]
+            ratio = s["bytes"] / s["tokens"] if s["tokens"] else float("nan")
+            lines.append(f"  {split:<11}{s['documents']:>11,}{s['tokens']:>14,}{s['bytes']:>15,}{ratio:>13.2f}")
+        sk = m["skipped"]
+        lines.append(
+            f"  skipped:   {sk['binary'] + sk['not_utf8'] + sk['empty']} file(s): {sk['binary']} binary, "
+            f"{sk['not_utf8']} not UTF-8, {sk['empty']} empty"
+            + (f" (e.g. {', '.join(sk['examples'][:3])})" if sk["examples"] else "")
+        )
+        lines.append(f"  open it:   mamba_nb.dataset.open_dataset({str(self.path)!r})")
+        return "\n".join(lines)
+
+
+def schema_metadata(lance_dataset) -> dict[str, Any]:
+    """The manifest stored in a token array's Lance schema (the same dict as `manifest.json`)."""
+    raw = lance_dataset.schema.metadata or {}
+    if SCHEMA_METADATA_KEY not in raw:
+        raise DatasetError(f"{lance_dataset.uri} carries no mamba-nb metadata in its schema")
+    return json.loads(raw[SCHEMA_METADATA_KEY])
