@@ -232,6 +232,31 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
     return report
 
 
+def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, mode: str = "psm",
+                    progress: bool = False) -> list[dict]:
+    """Single-line scores (FIM prompt) of every snapshot of a run, against the tokens it had seen:
+    dicts with step, tokens_seen, exact_match, edit_similarity, clean_rate (notebook 05's curve)."""
+    from mamba_nb.checkpoint import list_snapshots
+    from mamba_nb.dataset import TokenDataset, open_dataset
+    from mamba_nb.infill import trained_context_len
+    from mamba_nb.model import load_checkpoint
+
+    ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset)
+    snapshots = list_snapshots(run_dir)
+    if not snapshots:
+        raise FileNotFoundError(f"no snapshots in {str(Path(run_dir) / 'snapshots')!r}; train first "
+                                "(`python -m mamba_nb train --out-dir ...`, or notebook 04)")
+    docs = list(ds.documents("validation"))
+    points = []
+    for snap in snapshots:
+        model, tokenizer = load_checkpoint(snap["path"])
+        tasks = line_tasks(docs, num_line_tasks, seed, tokenizer)
+        results = _infill_all(model, tokenizer, tasks, mode, trained_context_len(snap["path"]),
+                              f"step {snap['step']}", progress)
+        points.append({"step": snap["step"], "tokens_seen": snap.get("tokens_seen", 0), **_scores(tasks, results)})
+    return points
+
+
 def format_table(report: dict) -> str:
     """The report as a small text table."""
     rows = [("metric", "value")]
@@ -265,4 +290,4 @@ def evaluate_cli(cfg: EvalConfig) -> dict:
 
 
 __all__ = ["LineTask", "levenshtein", "edit_similarity", "exact_match", "mask_line", "line_tasks",
-           "humaneval_problems", "humaneval_tasks", "check_program", "evaluate", "format_table", "evaluate_cli"]
+           "humaneval_problems", "humaneval_tasks", "check_program", "evaluate", "snapshot_scores", "format_table", "evaluate_cli"]

@@ -1,0 +1,124 @@
+"""Notebook 05's pictures: an infill beside the truth with the differences marked, the
+"type a prefix and a suffix" widget, and exact match against training tokens.
+
+Each function takes its data as arguments and returns HTML (a string), a widget, or a
+matplotlib figure; none generates text itself except through `mamba_nb.infill.infill`.
+Not here: task construction and scoring (`evaluate.py`).
+
+For browser tests, the widget's parts carry CSS classes: `infill-prefix` and
+`infill-suffix` (the two Textareas), `infill-button` (the "Infill" Button),
+`infill-output` (the HTML widget); after a click the result is rendered inside it as
+`<pre class="infill-result" data-clean="true|false">middle</pre>`.
+"""
+from __future__ import annotations
+
+import difflib
+import html
+from typing import Optional, Sequence
+
+_STYLE = (
+    "<style>"
+    ".infill-code{font-family:monospace;white-space:pre;line-height:1.35;font-size:12px;}"
+    ".infill-hole{background:#fff3b0;}"
+    ".infill-same{}"
+    ".infill-missing{background:#ffd6d6;text-decoration:line-through;}"
+    ".infill-extra{background:#d6f5d6;}"
+    ".infill-table td{vertical-align:top;padding:4px 10px;text-align:left;}"
+    "</style>"
+)
+
+
+def diff_html(truth: str, prediction: str) -> str:
+    """The prediction with its differences from the truth marked, character by character:
+    `infill-extra` (the model wrote it, the truth has not) and `infill-missing` (the truth
+    has it, the model did not write it)."""
+    out = []
+    matcher = difflib.SequenceMatcher(a=truth, b=prediction, autojunk=False)
+    for op, a0, a1, b0, b1 in matcher.get_opcodes():
+        if op == "equal":
+            out.append(f'<span class="infill-same">{html.escape(truth[a0:a1])}</span>')
+            continue
+        if a1 > a0:
+            out.append(f'<span class="infill-missing">{html.escape(truth[a0:a1])}</span>')
+        if b1 > b0:
+            out.append(f'<span class="infill-extra">{html.escape(prediction[b0:b1])}</span>')
+    return "".join(out)
+
+
+def _context(prefix: str, suffix: str, lines: int) -> tuple[str, str]:
+    before = "".join(prefix.splitlines(keepends=True)[-lines:]) if lines else ""
+    after = "".join(suffix.splitlines(keepends=True)[: lines + 1]) if lines else ""
+    return before, after
+
+
+def infill_example_html(prefix: str, truth: str, prediction: str, suffix: str, *, context_lines: int = 4,
+                        title: Optional[str] = None) -> str:
+    """Two columns: the code with the true middle, and with the model's (differences marked).
+    The hole is shaded; `context_lines` lines of prefix and suffix are shown around it."""
+    before, after = _context(prefix, suffix, context_lines)
+    b, a = html.escape(before), html.escape(after)
+    left = f'<div class="infill-code">{b}<span class="infill-hole">{html.escape(truth)}</span>{a}</div>'
+    right = f'<div class="infill-code">{b}<span class="infill-hole">{diff_html(truth, prediction)}</span>{a}</div>'
+    head = f"<h4>{html.escape(title)}</h4>" if title else ""
+    return (f'{_STYLE}{head}<table class="infill-table"><tr><th>truth</th><th>model</th></tr>'
+            f"<tr><td>{left}</td><td>{right}</td></tr></table>")
+
+
+def infill_result_html(text: str, clean: bool) -> str:
+    """How the widget shows one infill (the element browser tests look for)."""
+    note = "ended with &lt;|endoftext|&gt;" if clean else "cut by the token limit or a stop string"
+    return (f'{_STYLE}<pre class="infill-result infill-code" data-clean="{str(clean).lower()}">'
+            f"{html.escape(text)}</pre><small>{note}</small>")
+
+
+def infill_widget(model, tokenizer, prefix: str = "", suffix: str = "", **infill_kwargs):
+    """Two Textareas (prefix, suffix), an "Infill" Button, and an HTML output; the button calls
+    `mamba_nb.infill.infill(model, tokenizer, prefix, suffix, **infill_kwargs)`."""
+    import ipywidgets as W
+
+    from mamba_nb.infill import infill
+
+    layout = W.Layout(width="100%", height="140px")
+    pre = W.Textarea(value=prefix, description="prefix", layout=layout)
+    suf = W.Textarea(value=suffix, description="suffix", layout=layout)
+    button = W.Button(description="Infill", button_style="primary")
+    out = W.HTML(value="")
+    for w, cls in ((pre, "infill-prefix"), (suf, "infill-suffix"), (button, "infill-button"), (out, "infill-output")):
+        w.add_class(cls)
+
+    def on_click(_):
+        button.disabled = True
+        try:
+            r = infill(model, tokenizer, pre.value, suf.value, **infill_kwargs)
+            out.value = infill_result_html(r.text, r.clean)
+        except Exception as e:  # show the message where the learner is looking
+            out.value = f'<pre class="infill-error">{html.escape(str(e))}</pre>'
+        finally:
+            button.disabled = False
+
+    button.on_click(on_click)
+    box = W.VBox([pre, suf, button, out])
+    box.add_class("infill-widget")
+    box.on_click = on_click  # so a test (or a notebook) can press it without a browser
+    return box
+
+
+def plot_exact_match_vs_tokens(points: Sequence[dict]):
+    """Exact match (and edit similarity) of the FIM prompt against tokens seen in training,
+    one point per snapshot. `points`: dicts with tokens_seen, exact_match, edit_similarity."""
+
+    from matplotlib.figure import Figure
+
+    pts = sorted(points, key=lambda p: p["tokens_seen"])
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    xs = [p["tokens_seen"] for p in pts]
+    ax.plot(xs, [p["exact_match"] for p in pts], "o-", label="exact match")
+    ax.plot(xs, [p["edit_similarity"] for p in pts], "s--", label="edit similarity")
+    ax.set_xlabel("training tokens seen")
+    ax.set_ylabel("single-line infilling (FIM prompt)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
