@@ -1,0 +1,12 @@
+"""The selective scan: a fast PyTorch path for Mamba-1 and how it plugs into HF models.
+
+`selective.py` holds the math (`selective_scan`, same inputs/outputs as `mamba_ssm`'s
+`selective_scan_fn`); `patch.py` chooses a path per model and installs it (`apply_scan_path`).
+"""
+from .patch import SCAN_CHOICES, SUPPORTED_TRANSFORMERS, ScanPathError, apply_scan_path, kernels_available, scan_path_of
+from .selective import selective_scan
+
+__all__ = [
+    "SCAN_CHOICES", "SUPPORTED_TRANSFORMERS", "ScanPathError", "apply_scan_path", "kernels_available",
+    "scan_path_of", "selective_scan",
+]
