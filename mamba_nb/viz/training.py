@@ -1,0 +1,105 @@
+"""Pictures of a training run (notebook 04): the loss curves, from metrics.jsonl records.
+
+`plot_loss(records)` draws the training loss (raw and smoothed) and the two validation
+losses against tokens seen, and returns a matplotlib `Figure` (made without pyplot, so
+it works under any backend and in a training process with no display). `LivePlot` keeps
+the records a running `train` hands its `on_step` / `on_eval` hooks and redraws the
+figure in a notebook. `read_metrics` loads a run's metrics.jsonl.
+
+Not here: computing any of these numbers (`train.py` does).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+
+def read_metrics(path) -> list[dict]:
+    """The records of `<run>/metrics.jsonl` (a run directory or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics at {str(path)!r}; train first (`python -m mamba_nb train`)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def smooth(values: Iterable[float], weight: float = 0.9) -> np.ndarray:
+    """Exponential moving average with bias correction (TensorBoard's smoothing): the first
+    point is the first value, not pulled towards zero."""
+    values = np.asarray(list(values), dtype=float)
+    out = np.empty_like(values)
+    avg = 0.0
+    for i, v in enumerate(values):
+        avg = weight * avg + (1 - weight) * v
+        out[i] = avg / (1 - weight ** (i + 1))
+    return out
+
+
+def plot_loss(records: list[dict], smoothing: float = 0.9, title: Optional[str] = None):
+    """Training and validation loss (nats per token) against tokens seen → `Figure`."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if train:
+        x = [r["tokens_seen"] for r in train]
+        y = [r["loss"] for r in train]
+        ax.plot(x, y, color="tab:blue", alpha=0.25, linewidth=1)
+        ax.plot(x, smooth(y, smoothing), color="tab:blue", label="train (smoothed)")
+    if evals:
+        x = [r["tokens_seen"] for r in evals]
+        ax.plot(x, [r["val_loss"] for r in evals], "o-", color="tab:orange", label="validation, left to right")
+        ax.plot(x, [r["val_fim_loss"] for r in evals], "s--", color="tab:green", label="validation, FIM middles")
+    if not records:
+        ax.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (nats / token)")
+    ax.grid(alpha=0.3)
+    if train or evals:
+        ax.legend(loc="upper right")
+    ax.set_title(title or "loss")
+    fig.tight_layout()
+    return fig
+
+
+class LivePlot:
+    """Redraw `plot_loss` in a notebook while `train` runs.
+
+        live = LivePlot(every=10)
+        train(cfg, on_step=live.on_step, on_eval=live.on_eval)
+
+    Redraws every `every` steps and after each validation, in one display slot that is
+    updated in place (no growing list of figures).
+    """
+
+    def __init__(self, every: int = 10, records: Optional[list[dict]] = None):
+        self.every = every
+        self.records: list[dict] = list(records or [])
+        self._handle = None
+
+    def on_step(self, record: dict, *_) -> None:
+        self.records.append(record)
+        if record["step"] % self.every == 0:
+            self.draw()
+
+    def on_eval(self, record: dict, *_) -> None:
+        self.records.append(record)
+        self.draw()
+
+    def draw(self):
+        fig = plot_loss(self.records)
+        try:
+            from IPython.display import display
+        except ImportError:  # not in IPython: nothing to redraw into
+            return fig
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        return fig
