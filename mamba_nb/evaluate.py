@@ -72,12 +72,14 @@ def exact_match(prediction: str, truth: str) -> bool:
 # --- tasks -------------------------------------------------------------------------------
 
 
-def mask_line(text: str, line_no: int) -> tuple[str, str, str]:
-    """(prefix, middle, suffix) with line `line_no` (0-based) as the middle, its newline in the suffix."""
+def mask_line(text: str, line_no: int, n_lines: int = 1) -> tuple[str, str, str]:
+    """(prefix, middle, suffix) with lines `line_no` .. `line_no + n_lines - 1` (0-based) as the
+    middle (without its last newline, which starts the suffix)."""
     lines = text.split("\n")
+    end = min(line_no + n_lines, len(lines))
     prefix = "".join(line + "\n" for line in lines[:line_no])
-    suffix = "\n" + "\n".join(lines[line_no + 1:]) if line_no + 1 < len(lines) else ""
-    return prefix, lines[line_no], suffix
+    suffix = "\n" + "\n".join(lines[end:]) if end < len(lines) else ""
+    return prefix, "\n".join(lines[line_no:end]), suffix
 
 
 def line_tasks(documents: Iterable[str], n: int, seed: int = 0, tokenizer=None,

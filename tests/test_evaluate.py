@@ -58,6 +58,10 @@ def test_mask_line_puts_the_text_back_together(text, data):
     prefix, middle, suffix = mask_line(text, i)
     assert prefix + middle + suffix == text
     assert "\n" not in middle
+    n = data.draw(st.integers(1, 4))
+    p2, block, s2 = mask_line(text, i, n)
+    assert p2 == prefix and p2 + block + s2 == text
+    assert block.count("\n") == min(n, text.count("\n") + 1 - i) - 1
     assert prefix == "" or prefix.endswith("\n")
     assert suffix == "" or suffix.startswith("\n")
 

@@ -1,0 +1,141 @@
+"""Infilling benchmarks: batched throughput, and "FIM for free".
+
+    .venv/bin/python benchmarks/bench_infill.py throughput [--quick]
+    .venv/bin/python benchmarks/bench_infill.py fim-for-free [--budget-s 600] [--quick]
+    .venv/bin/python benchmarks/bench_infill.py all
+
+throughput: holes filled per second by `infill` at batch 16 against one hole at a time, the
+same holes, the same (untrained) course model, on CPU; prints the ratio (target >= 3x) and
+checks the two give identical greedy outputs.
+
+fim-for-free: trains the course model twice on the same time budget (`course_train_config()`),
+once with `fim_rate=0` and once with the default; reports the left-to-right validation loss of
+both (FIM should cost nothing: within noise) and single-line infilling (exact match, edit
+similarity) on held-out lines for: FIM model + FIM prompt, FIM model + prefix-only prompt,
+no-FIM model + prefix-only prompt. Targets: the FIM prompt beats both others, and exact match
+>= 15% at the course budget.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dataset():
+    from mamba_nb.config import course_data_config
+    from mamba_nb.dataset import build_dataset
+
+    return build_dataset(course_data_config(smoke=False, root=str(ROOT)), progress=False)
+
+
+def throughput(quick: bool) -> dict:
+    import torch
+
+    from mamba_nb.config import ModelConfig
+    from mamba_nb.evaluate import line_tasks
+    from mamba_nb.infill import infill
+    from mamba_nb.model import build_model
+
+    torch.manual_seed(0)
+    ds = _dataset()
+    model, scan = build_model(ModelConfig(), ds.tokenizer, verbose=False)
+    model.eval()
+    n = 16 if quick else 48
+    tasks = line_tasks(ds.documents("validation"), n, seed=0, tokenizer=ds.tokenizer)
+    prefixes, suffixes = [t.prefix for t in tasks], [t.suffix for t in tasks]
+    kw = dict(mode="psm", max_new_tokens=16, context_len=256)
+    infill(model, ds.tokenizer, prefixes[:2], suffixes[:2], **kw)  # warm up
+    t0 = time.perf_counter()
+    batched = infill(model, ds.tokenizer, prefixes, suffixes, batch_size=16, **kw)
+    t_batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    single = [infill(model, ds.tokenizer, p, s, **kw) for p, s in zip(prefixes, suffixes)]
+    t_single = time.perf_counter() - t0
+    out = {
+        "holes": len(tasks), "scan": scan, "threads": torch.get_num_threads(),
+        "holes_per_s_batch16": len(tasks) / t_batched, "holes_per_s_one_at_a_time": len(tasks) / t_single,
+        "speedup": t_single / t_batched, "identical_outputs": batched == single,
+    }
+    print(f"throughput ({len(tasks)} holes, course model untrained, scan={scan}, {out['threads']} threads, CPU):")
+    print(f"  batch 16      : {out['holes_per_s_batch16']:.2f} holes/s")
+    print(f"  one at a time : {out['holes_per_s_one_at_a_time']:.2f} holes/s")
+    print(f"  speedup       : {out['speedup']:.2f}x (target >= 3x); identical greedy outputs: {out['identical_outputs']}")
+    return out
+
+
+def fim_for_free(budget_s: float, quick: bool, tasks_n: int) -> dict:
+    from mamba_nb.checkpoint import list_snapshots
+    from mamba_nb.config import course_train_config
+    from mamba_nb.evaluate import _infill_all, _scores, line_tasks
+    from mamba_nb.infill import trained_context_len
+    from mamba_nb.model import load_checkpoint
+    from mamba_nb.train import train
+
+    ds = _dataset()
+    base = course_train_config(smoke=False, root=str(ROOT))
+    runs = {}
+    for name, fim_rate in (("fim", base.fim_rate), ("no_fim", 0.0)):
+        cfg = replace(base, fim_rate=fim_rate, time_budget_s=budget_s, max_steps=None, resume=False,
+                      out_dir=str(ROOT / "runs" / f"bench_infill_{name}"))
+        print(f"training {name} (fim_rate={fim_rate}, {budget_s:.0f} s) → {cfg.out_dir}", flush=True)
+        runs[name] = train(cfg)
+    docs = list(ds.documents("validation"))
+    out: dict = {"budget_s": budget_s}
+    for name in runs:
+        out_dir = ROOT / "runs" / f"bench_infill_{name}"
+        snaps = list_snapshots(out_dir)
+        last = snaps[-1] if snaps else {}
+        out[f"{name}_val_loss"] = last.get("val_loss")
+        out[f"{name}_tokens_seen"] = last.get("tokens_seen")
+    results = {}
+    for name, mode in (("fim", "psm"), ("fim", "lm"), ("no_fim", "lm")):
+        model, tok = load_checkpoint(ROOT / "runs" / f"bench_infill_{name}")
+        tasks = line_tasks(docs, tasks_n, seed=0, tokenizer=tok)
+        ctx = trained_context_len(ROOT / "runs" / f"bench_infill_{name}")
+        res = _infill_all(model, tok, tasks, mode, ctx, f"{name} {mode}", progress=False)
+        results[f"{name} model, {'FIM prompt' if mode == 'psm' else 'prefix-only'}"] = _scores(tasks, res)
+    out["line"] = results
+    print(f"\nleft-to-right validation loss: FIM {out['fim_val_loss']:.3f} "
+          f"({out['fim_tokens_seen']} tokens) vs no-FIM {out['no_fim_val_loss']:.3f} ({out['no_fim_tokens_seen']} tokens)")
+    print(f"single-line infilling, {tasks_n} held-out lines:")
+    for k, v in results.items():
+        print(f"  {k:<28} exact match {v['exact_match']:.3f}  edit similarity {v['edit_similarity']:.3f}"
+              f"  clean {v['clean_rate']:.2f}")
+    fim = results["fim model, FIM prompt"]
+    others = [v for k, v in results.items() if k != "fim model, FIM prompt"]
+    out["fim_prompt_beats_both"] = all(fim["exact_match"] > o["exact_match"] and
+                                       fim["edit_similarity"] > o["edit_similarity"] for o in others)
+    print(f"FIM prompt beats both others on both metrics: {out['fim_prompt_beats_both']}; "
+          f"exact match {fim['exact_match']:.1%} (target >= 15%)")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=["throughput", "fim-for-free", "all"])
+    p.add_argument("--quick", action="store_true", help="fewer holes; fim-for-free: 30 s budget, 40 lines")
+    p.add_argument("--budget-s", type=float, default=None, help="training time per run (default: the course's)")
+    p.add_argument("--tasks", type=int, default=None, help="held-out lines to infill (default 200)")
+    p.add_argument("--json", help="also write the figures here")
+    args = p.parse_args(argv)
+    out = {}
+    if args.part in ("throughput", "all"):
+        out["throughput"] = throughput(args.quick)
+    if args.part in ("fim-for-free", "all"):
+        from mamba_nb.config import course_train_config
+
+        budget = args.budget_s or (30.0 if args.quick else course_train_config(smoke=False).time_budget_s)
+        out["fim_for_free"] = fim_for_free(budget, args.quick, args.tasks or (40 if args.quick else 200))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
