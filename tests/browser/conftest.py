@@ -19,6 +19,7 @@ from lab_harness import (
     LabServer,
     browser_required,
     find_chromium,
+    screenshot,
 )
 
 
@@ -27,6 +28,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.browser)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # Remember each phase's outcome on the item, so `page` can tell a failed test at teardown.
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
 
 
 def _unavailable(why: str):
@@ -85,13 +94,23 @@ def browser_context(playwright_instance, chromium_executable, tmp_path_factory):
 
 
 @pytest.fixture
-def page(browser_context):
+def page(browser_context, request):
     pg = browser_context.new_page()
-    # Kernel and server messages from the page end up in the test's captured output.
+    # The page's errors end up in the test's captured output.
     pg.on("console", lambda m: m.type == "error" and print(f"[browser console] {m.text}"))
     try:
         yield pg
     finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            # What the page showed when the test failed, and what the server logged.
+            try:
+                screenshot(pg, f"FAILED-{request.node.name}")
+            except Exception as e:
+                print(f"(no failure screenshot: {e})")
+            lab = request.node.funcargs.get("lab")
+            if lab is not None:
+                print(f"--- JupyterLab log ({lab.log_path}), last lines ---\n{lab.log_tail()}")
         pg.close()
 
 

@@ -315,10 +315,12 @@ _NOTEBOOK_STATE_JS = """
   const session = panel.sessionContext;
   const kernel = session.session && session.session.kernel;
   const cells = [];
-  for (const cell of panel.content.widgets) {
-    const m = cell.model;
+  const widgets = panel.content.widgets;
+  for (let index = 0; index < widgets.length; index++) {
+    const m = widgets[index].model;
     if (m.type !== 'code') continue;
     cells.push({
+      index,
       count: m.executionCount,
       state: m.executionState || null,
       outputs: m.outputs.toJSON(),
@@ -357,32 +359,66 @@ def notebook_state(page, rel_path: str) -> dict:
     return page.evaluate(_NOTEBOOK_STATE_JS, rel_path)
 
 
-def run_all(page, rel_path: str, timeout_s: float) -> dict:
-    """Run every cell through JupyterLab's own 'Run All Cells' and wait until done.
+def run_all(page, rel_path: str, timeout_s: float, through: str | None = None) -> dict:
+    """Run the notebook's cells with JupyterLab's own commands and wait until they are done.
 
+    `through=None`: "Run All Cells". `through="text"`: the first code cell whose source
+    contains `text` and every cell above it (selected, then "Run Selected Cells"), which is
+    what a learner does to reach a widget without running the rest.
     Fails fast, with the traceback, when a cell raises (JupyterLab stops the run there,
     so waiting for the rest would only time out).
     """
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    if through is None:
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        last = None
+    else:
+        last = page.evaluate(_SELECT_CELL_JS, [rel_path, through])
+        if last < 0:
+            raise AssertionError(f"{rel_path}: no code cell contains {through!r}")
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-cell'); }")
     deadline = time.monotonic() + timeout_s
     state: dict = {}
     while time.monotonic() < deadline:
         state = notebook_state(page, rel_path)
-        for cell in state.get("cells", []):
+        cells = state.get("cells", [])
+        for cell in cells:
             for out in cell["outputs"]:
                 if out.get("output_type") == "error":
                     tb = "\n".join(out.get("traceback", []))
                     raise NotebookError(
                         f"{rel_path}: a cell raised in JupyterLab:\n{cell['source']}\n---\n{_strip_ansi(tb)}"
                     )
-        cells = state.get("cells", [])
-        if cells and state.get("kernel") == "idle" and all(
-            c["count"] is not None and c["state"] != "running" for c in cells
+        wanted = [c for c in cells if last is None or c["index"] <= last]
+        if wanted and state.get("kernel") == "idle" and all(
+            c["count"] is not None and c["state"] != "running" for c in wanted
         ):
             return state
         time.sleep(0.5)
     pending = [c["source"][:80] for c in state.get("cells", []) if c["count"] is None]
-    raise TimeoutError(f"{rel_path}: Run All not finished after {timeout_s:.0f}s; cells not run: {pending}")
+    raise TimeoutError(f"{rel_path}: cells not finished after {timeout_s:.0f}s; not run: {pending}")
+
+
+# In the page: select every cell from the first through the first code cell whose source
+# contains `text` (what shift-click does), so "Run Selected Cells" runs exactly those;
+# return that cell's index among all cells (-1: none).
+_SELECT_CELL_JS = """
+([path, text]) => {
+  let panel = null;
+  for (const w of window.jupyterapp.shell.widgets('main')) {
+    if (w.context && w.context.path === path) panel = w;
+  }
+  const cells = panel.content.widgets;
+  for (let i = 0; i < cells.length; i++) {
+    const m = cells[i].model;
+    if (m.type === 'code' && m.sharedModel.getSource().includes(text)) {
+      panel.content.activeCellIndex = 0;
+      panel.content.extendContiguousSelectionTo(i);
+      return i;
+    }
+  }
+  return -1;
+}
+"""
 
 
 def all_output_text(state: dict) -> str:
@@ -456,21 +492,62 @@ def move_slider(page, slider_locator, to: str) -> float:
     return float(handle.get_attribute("aria-valuenow"))
 
 
-def wait_for_text(page, locator, predicate_js: str, timeout_s: float = WIDGET_UPDATE_S) -> str:
-    """Wait until `predicate_js` (a JS function of the element's innerText) holds; return the text.
+def wait_for_output(page, locator, predicate_js: str, what: str, timeout_s: float = WIDGET_UPDATE_S):
+    """Wait until `predicate_js` (a JS function of the DOM element) is true for `locator`.
 
-    On timeout, the AssertionError shows the text the element last had.
+    On timeout, the AssertionError says `what` was expected and shows the text the
+    element last had, which is what a person reading the CI log needs.
     """
     try:
         page.wait_for_function(
-            f"(el) => ({predicate_js})(el.innerText)",
+            f"(el) => !!({predicate_js})(el)",
             arg=locator.element_handle(),
             timeout=timeout_s * 1000,
             polling=250,
         )
-    except Exception as e:  # playwright's TimeoutError: say what the page showed instead
+    except Exception as e:  # playwright's TimeoutError
         raise AssertionError(
-            f"the output never satisfied {predicate_js} within {timeout_s:.0f}s; it reads:\n"
-            f"{locator.inner_text()[:2000]}"
+            f"{what}: not seen within {timeout_s:.0f}s; the output reads:\n{locator.inner_text()[:2000]}"
         ) from e
+
+
+def wait_for_text(page, locator, predicate_js: str, timeout_s: float = WIDGET_UPDATE_S) -> str:
+    """Wait until `predicate_js` (a JS function of the element's innerText) holds; return the text."""
+    wait_for_output(page, locator, f"(el) => ({predicate_js})(el.innerText)", predicate_js, timeout_s)
     return locator.inner_text()
+
+
+# In the page: run code in the notebook's own kernel (as a cell would, but without adding
+# one) and return its stdout, or the exception as text. Used only to *read* kernel state.
+_KERNEL_EXEC_JS = """
+async ([path, code, timeoutMs]) => {
+  let panel = null;
+  for (const w of window.jupyterapp.shell.widgets('main')) {
+    if (w.context && w.context.path === path) panel = w;
+  }
+  const kernel = panel.sessionContext.session.kernel;
+  const future = kernel.requestExecute({code, silent: false, store_history: false});
+  let out = '', error = null;
+  future.onIOPub = (msg) => {
+    const t = msg.header.msg_type;
+    if (t === 'stream' && msg.content.name === 'stdout') out += msg.content.text;
+    if (t === 'error') error = msg.content.ename + ': ' + msg.content.evalue;
+  };
+  const timeout = new Promise((_, reject) => setTimeout(
+    () => reject(new Error('kernel did not answer within ' + timeoutMs + ' ms')), timeoutMs));
+  await Promise.race([future.done, timeout]);
+  return {out, error};
+}
+"""
+
+
+def kernel_exec(page, rel_path: str, code: str, timeout_s: float = WIDGET_UPDATE_S) -> str:
+    """Run `code` in the kernel of the open notebook `rel_path`; return its stdout.
+
+    For reading what the kernel holds (e.g. a widget's synced value), never for driving a
+    widget: that must go through the page.
+    """
+    res = page.evaluate(_KERNEL_EXEC_JS, [rel_path, code, int(timeout_s * 1000)])
+    if res["error"]:
+        raise AssertionError(f"kernel check failed in {rel_path}: {res['error']}\n{code}")
+    return res["out"]
