@@ -75,12 +75,13 @@ def _wrap(backend, name_or_path: str = ""):
     )
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 8192, show_progress: bool = False):
+def train_bpe(texts: Iterable[str], vocab_size: int = 8192, show_progress: bool = False, isolate_newlines: bool = True):
     """Train a byte-level BPE on `texts` (any iterable, read once) → `PreTrainedTokenizerFast`.
 
     Byte-level: every string encodes, nothing is ever unknown, and decoding gives the
     text back exactly. The five special tokens take ids 0..4; line breaks are isolated
-    before BPE (see NEWLINE_SPLIT). The vocabulary can end up smaller than `vocab_size`
+    before BPE (see NEWLINE_SPLIT; `isolate_newlines=False` gives the plain GPT-2-style
+    byte-level BPE, for comparison). The vocabulary can end up smaller than `vocab_size`
     when the corpus has fewer distinct merges to offer.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -92,11 +93,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 8192, show_progress: bool 
         )
     token_dtype(vocab_size)  # refuse a vocabulary no on-disk dtype holds before spending time training
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(NEWLINE_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(NEWLINE_SPLIT), behavior="isolated"), byte_level])
+        if isolate_newlines
+        else byte_level
     )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

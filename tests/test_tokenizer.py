@@ -49,6 +49,13 @@ def test_newline_never_merges_with_indentation(bpe):
     assert sum(t.count("\n    ") for t in TEXTS) > 100
 
 
+def test_without_isolation_the_newline_merges_with_indentation():
+    """The control: a plain byte-level BPE on the same texts does glue "\n" to the indentation,
+    so the test above tests the pre-tokenizer, not luck."""
+    plain = train_bpe(iter(TEXTS), vocab_size=400, isolate_newlines=False)
+    assert any(t.startswith("\n ") for t in [plain.decode([i]) for i in plain.encode("a\n    b")])
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_decode_encode_round_trip(bpe, text):
