@@ -186,3 +186,25 @@ def test_fast_path_trains_a_step_like_the_reference():
         opt.step()
     for (name, p), p_ref in zip(fast.named_parameters(), ref.parameters()):
         assert rel_err(p, p_ref) <= TOL, name
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_returned_state_is_not_a_reused_buffer(n):
+    """The scan recycles its big buffers; what it returns must never be one of them."""
+    gen = torch.Generator().manual_seed(2)
+    inputs = random_inputs(gen, 1, 4, n, 9, False, False, False)
+    with torch.no_grad():
+        out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True)
+        kept_out, kept_last = out.clone(), last.clone()
+        other = random_inputs(torch.Generator().manual_seed(3), 1, 4, n, 9, False, False, False)
+        for _ in range(3):  # reuse the recycled buffers with other numbers
+            selective_scan(**other, delta_softplus=True, return_last_state=True)
+    assert torch.equal(out, kept_out) and torch.equal(last, kept_last)
+
+
+def test_a_second_backward_on_one_graph_is_a_clear_error():
+    inputs = {k: v.requires_grad_(True) for k, v in random_inputs(torch.Generator(), 1, 3, 2, 5, False, False, False).items()}
+    out = selective_scan(**inputs, delta_softplus=True)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        out.sum().backward()

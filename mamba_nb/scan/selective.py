@@ -21,8 +21,9 @@ L. `exp` only ever sees dt * A <= 0 (dt >= 0 after softplus, A < 0), so nothing 
 the recurrence is the reference's, step for step, so no chunk-size or cumulative-sum
 stability question arises.
 
-Tensor operations it relies on (all standard, CPU, CUDA and MPS): permute/contiguous/view,
-mul/mul_, exp_, addcmul_, bmm, mm, softplus, silu, zero_, clone, empty/zeros. Nothing is
+Tensor operations it relies on (all standard, CPU, CUDA and MPS): permute/transpose/contiguous/
+view, mul/mul_ (with out=), exp_, addcmul_, add_, bmm, sum, softplus, silu, zero_, clone,
+empty/zeros_like. Nothing is
 compiled and there is no CPU-only extension.
 
 What it does not do: it does not take an initial state (neither does the kernel HF calls; HF's
@@ -31,16 +32,60 @@ already uses matmuls there), and it does not touch the model: `mamba_nb.scan.pat
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 
-class _Recurrence(torch.autograd.Function):
-    """h_t = exp(dt_t * A) * h_{t-1} + dt_t * x_t (outer) B_t ;  y_t = h_t . C_t   (time-major).
+class _Workspace:
+    """Reuses the big (L, B, N, D) scratch tensors across steps, on CPU only.
 
-    Inputs: dt, x (L, B, D); A (D, N); Bm, Cm (L, B, N). Outputs: y (L, B, D), last state (B, D, N).
+    Why: a fresh 64 MB tensor is served by the OS page by page (glibc maps blocks this big and
+    unmaps them on free), which made each allocation cost three times the multiply that fills it.
+    CUDA and MPS have caching allocators already. Buffers come back only when the scan is done
+    with them (end of backward, or end of forward when nothing needs a gradient); at most
+    `max_bytes` are kept. `clear()` hands them back to the OS.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self._free: dict[tuple, list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        key = (tuple(shape), like.dtype, like.device)
+        with self._lock:
+            bucket = self._free.get(key)
+            if bucket:
+                return bucket.pop()
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    def give(self, *tensors: torch.Tensor) -> None:
+        for t in tensors:
+            if t.device.type != "cpu":
+                continue
+            with self._lock:
+                held = sum(b.numel() * b.element_size() for bucket in self._free.values() for b in bucket)
+                if held + t.numel() * t.element_size() <= self.max_bytes:
+                    self._free.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+WORKSPACE = _Workspace()
+
+
+class _Recurrence(torch.autograd.Function):
+    """h_t = exp(dt_t * A) * h_{t-1} + dt_t * x_t (outer) B_t ;  y_t = C_t . h_t   (time-major).
+
+    Inputs: dt, x (L, B, D); A (D, N); Bm, Cm (L, B, N). Outputs: y (L, B, D), last state
+    (B, D, N). States are laid out (L, B, N, D): D innermost makes every broadcast a contiguous
+    row operation and every contraction over n or d a batched matrix-vector product, the layout
+    measured fastest for these shapes on CPU.
     """
 
     @staticmethod
@@ -48,44 +93,55 @@ class _Recurrence(torch.autograd.Function):
         L, batch, D = dt.shape
         N = A.shape[1]
         LB = L * batch
+        At = A.t().contiguous()  # (N, D)
         dtx = dt * x  # (L, B, D)
-        # H starts as the inputs dt*x*B and becomes the states in place: one fused op per step.
-        H = dtx.unsqueeze(-1) * Bm.unsqueeze(2)  # (L, B, D, N)
-        decay = torch.mul(dt.unsqueeze(-1), A).exp_()  # (L, B, D, N), entries in (0, 1]
+        # H starts as the inputs B (outer) dt*x and becomes the states in place: one fused op per step.
+        H = torch.mul(Bm.unsqueeze(-1), dtx.unsqueeze(2), out=WORKSPACE.take((L, batch, N, D), dt))
+        decay = torch.mul(dt.unsqueeze(2), At, out=WORKSPACE.take((L, batch, N, D), dt)).exp_()  # in (0, 1]
         for t in range(1, L):
             H[t].addcmul_(H[t - 1], decay[t])
-        y = torch.bmm(H.view(LB, D, N), Cm.view(LB, N, 1)).view(L, batch, D)
-        ctx.save_for_backward(dt, x, A, Bm, Cm, dtx, H, decay)
-        return y, H[L - 1].clone()
+        y = torch.bmm(Cm.view(LB, 1, N), H.view(LB, N, D)).view(L, batch, D)
+        last = H[L - 1].transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (B, D, N), HF's; a copy: H is reused
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(dt, x, At, Bm, Cm, dtx, H, decay)
+            ctx.done = False
+        else:
+            WORKSPACE.give(H, decay)
+        return y, last
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
-        dt, x, A, Bm, Cm, dtx, H, decay = ctx.saved_tensors
+        if ctx.done:
+            raise RuntimeError(
+                "the fast selective scan's backward ran twice on one graph (retain_graph=True); its buffers "
+                "are reused after the first backward. Run the forward again, or use apply_scan_path(model, 'hf')"
+            )
+        ctx.done = True
+        dt, x, At, Bm, Cm, dtx, H, decay = ctx.saved_tensors
         L, batch, D = dt.shape
-        N = A.shape[1]
+        N = At.shape[0]
         LB = L * batch
-        if grad_y is None:
-            grad_y = torch.zeros_like(dtx)
-        grad_y = grad_y.contiguous()
-        # G[t] = dLoss/dh_t, the adjoint state: starts as the direct term C_t * grad_y_t and
+        grad_y = torch.zeros_like(dtx) if grad_y is None else grad_y.contiguous()
+        # G[t] = dLoss/dh_t, the adjoint state: starts as the direct term C_t (outer) grad_y_t and
         # accumulates from the future in place, the mirror image of the forward.
-        G = grad_y.unsqueeze(-1) * Cm.unsqueeze(2)  # (L, B, D, N)
+        G = torch.mul(Cm.unsqueeze(-1), grad_y.unsqueeze(2), out=WORKSPACE.take((L, batch, N, D), dt))
         if grad_last is not None:
-            G[L - 1].add_(grad_last)
+            G[L - 1].add_(grad_last.transpose(1, 2))
         for t in range(L - 2, -1, -1):
             G[t].addcmul_(G[t + 1], decay[t + 1])
-        Gv, Hv = G.view(LB, D, N), H.view(LB, D, N)
-        grad_C = torch.bmm(grad_y.view(LB, 1, D), Hv).view(L, batch, N)
-        grad_B = torch.bmm(dtx.view(LB, 1, D), Gv).view(L, batch, N)
-        grad_dtx = torch.bmm(Gv, Bm.view(LB, N, 1)).view(L, batch, D)
-        # P = dLoss/d(dt*A) = G_t * h_{t-1} * decay_t (h_{-1} = 0), computed in G's buffer.
+        Gv, Hv = G.view(LB, N, D), H.view(LB, N, D)
+        grad_C = torch.bmm(Hv, grad_y.view(LB, D, 1)).view(L, batch, N)
+        grad_B = torch.bmm(Gv, dtx.view(LB, D, 1)).view(L, batch, N)
+        grad_dtx = torch.bmm(Bm.view(LB, 1, N), Gv).view(L, batch, D)
+        # P = dLoss/d(dt*A) = G_t * h_{t-1} * decay_t (h_{-1} = 0), in G's buffer.
         P = G.mul_(decay)
         P[1:].mul_(H[: L - 1])
         P[0].zero_()
-        # dA[d, n] = sum_{t,b} P * dt: a batched (over d) dot product along t*b.
-        grad_A = torch.bmm(dt.view(LB, D).t().unsqueeze(1), P.view(LB, D, N).transpose(0, 1)).view(D, N)
-        # d dt via the decay: sum_n P * A  (P is no longer needed, scale it in place)
-        grad_dt_decay = torch.mm(P.mul_(A).view(LB * D, N), A.new_ones(N, 1)).view(L, batch, D)
+        # d dt through the decay: sum_n P * A (into decay's buffer, free now)
+        grad_dt_decay = torch.mul(P, At, out=decay).sum(2)  # (L, B, D)
+        # dA[d, n] = sum_{t,b} P * dt
+        grad_A = P.mul_(dt.unsqueeze(2)).view(LB, N, D).sum(0).t()
+        WORKSPACE.give(H, decay, G)
         grad_dt = grad_dtx * x + grad_dt_decay
         grad_x = grad_dtx * dt
         return grad_dt, grad_x, grad_A, grad_B, grad_C

@@ -1,0 +1,163 @@
+"""CPU training throughput of each scan path, against the matmul bound, all measured in one run.
+
+    .venv/bin/python benchmarks/bench_train_cpu.py            # ~10-15 min on 2 busy cores
+    .venv/bin/python benchmarks/bench_train_cpu.py --quick    # fewer steps, shorter HF-loop run
+
+The course's tiny config: hidden 256, 4 layers, state 16, vocab 8192, batch 8 x 256 tokens,
+fp32, 2 threads. Paths: Mamba-1 "fast" (mamba_nb.scan), Mamba-1 `use_mambapy=True`, Mamba-1 HF
+default fallback (its O(L^2) backward: measured on shorter windows, stated), and Mamba-2 on HF's
+chunked PyTorch path. Throughput is the median of several steps, the paths interleaved, so the
+other processes sharing the cores hit all of them alike. Peak RSS of a training step is measured
+per path in its own subprocess. The bound: fp32 sgemm GFLOP/s measured here (median of several
+2048^3 products, before and after) / (6 x parameters) tokens/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+THREADS = 2
+BATCH, CONTEXT, VOCAB = 8, 256, 8192
+MAMBA1 = dict(hidden_size=256, num_hidden_layers=4, state_size=16, vocab_size=VOCAB)
+# Mamba-2 at the same width and depth; state 64, head_dim 32 as in the project's "tiny" preset.
+# tie=True matches Mamba-1's parameter count; untied is Mamba2Config's own default.
+MAMBA2 = dict(hidden_size=256, num_hidden_layers=4, state_size=64, head_dim=32, num_heads=16, n_groups=1,
+              chunk_size=64, vocab_size=VOCAB)
+
+
+def build(path: str):
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+    from mamba_nb.scan import apply_scan_path
+
+    torch.manual_seed(0)
+    if path.startswith("mamba2"):
+        model = Mamba2ForCausalLM(Mamba2Config(**MAMBA2, tie_word_embeddings=path == "mamba2-tied"))
+        apply_scan_path(model, "auto")
+    elif path == "mambapy":
+        model = MambaForCausalLM(MambaConfig(**MAMBA1, use_mambapy=True))
+        apply_scan_path(model, "hf")  # HF's PyTorch path, which takes mambapy's pscan when asked
+    else:
+        model = MambaForCausalLM(MambaConfig(**MAMBA1))
+        apply_scan_path(model, path)  # "fast" | "hf"
+    return model.train()
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+def make_step(model, context: int):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> float:
+        ids = torch.randint(0, VOCAB, (BATCH, context + 1), generator=gen)
+        t0 = time.perf_counter()
+        logits = model(ids[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    return step
+
+
+def sgemm_gflops(reps: int = 5) -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * 2048**3 / statistics.median(times) / 1e9
+
+
+def child(path: str, context: int, steps: int) -> None:
+    """One path in a fresh process: peak RSS after `steps` training steps."""
+    import resource
+
+    torch.set_num_threads(THREADS)
+    model = build(path)
+    step = make_step(model, context)
+    for _ in range(steps):
+        step()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"path": path, "peak_rss_mib": peak_kib / 1024}))
+
+
+def peak_rss(path: str, context: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", path, "--context", str(context)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps; a shorter HF-loop comparison")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--context", type=int, default=CONTEXT, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.context, steps=2)
+        return
+    torch.set_num_threads(THREADS)
+    rounds = 3 if args.quick else 5
+    hf_context = 32 if args.quick else 64  # HF's default fallback: O(L^2) backward, too slow at 256
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH} x {CONTEXT}, fp32")
+    gflops = [sgemm_gflops()]
+    paths = ["fast", "mambapy", "mamba2-tied", "mamba2-untied"]
+    models = {p: build(p) for p in paths}
+    steps = {p: make_step(m, CONTEXT) for p, m in models.items()}
+    for p in paths:  # warm-up: first-touch allocations, one-time probes
+        steps[p]()
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    for _ in range(rounds):
+        for p in paths:
+            times[p].append(steps[p]())
+    gflops.append(sgemm_gflops())
+    gf = statistics.median(gflops)
+    tps = {p: BATCH * CONTEXT / statistics.median(times[p]) for p in paths}
+
+    # HF's default fallback vs fast, on shorter windows (stated), interleaved
+    short = {p: build(p) for p in ("hf", "fast")}
+    short_steps = {p: make_step(m, hf_context) for p, m in short.items()}
+    short_times: dict[str, list[float]] = {p: [] for p in short}
+    for p in short:
+        short_steps[p]()
+    for _ in range(2 if args.quick else 3):
+        for p in short:
+            short_times[p].append(short_steps[p]())
+    short_tps = {p: BATCH * hf_context / statistics.median(t) for p, t in short_times.items()}
+
+    rss = {p: peak_rss(p, CONTEXT) for p in ("fast", "mambapy", "mamba2-untied")}
+
+    print(f"\nsgemm: {gf:.0f} GFLOP/s (median of {gflops[0]:.0f}, {gflops[1]:.0f}; before/after)")
+    print(f"{'path':16s} {'params':>9s} {'tokens/s':>9s} {'bound':>9s} {'% bound':>8s}")
+    for p in paths:
+        params = n_params(models[p])
+        bound = gf * 1e9 / (6 * params)
+        print(f"{p:16s} {params:9,d} {tps[p]:9.0f} {bound:9.0f} {100 * tps[p] / bound:7.1f}%")
+    print("\nratios (Mamba-1 fast against):")
+    print(f"  use_mambapy=True              {tps['fast'] / tps['mambapy']:7.1f}x   (target >= 5x)")
+    print(f"  HF default fallback, L={hf_context:<4d}   {short_tps['fast'] / short_tps['hf']:7.1f}x   "
+          f"(fast {short_tps['fast']:.0f} vs hf {short_tps['hf']:.1f} tokens/s at batch {BATCH} x {hf_context}; "
+          "target >= 100x; the gap grows with L)")
+    print(f"  Mamba-2 HF chunked (tied)     {tps['fast'] / tps['mamba2-tied']:7.2f}x")
+    print(f"  Mamba-2 HF chunked (untied)   {tps['fast'] / tps['mamba2-untied']:7.2f}x")
+    print(f"peak RSS of a training step: fast {rss['fast']:.0f} MiB, mambapy {rss['mambapy']:.0f} MiB "
+          f"(ratio {rss['fast'] / rss['mambapy']:.2f}, target <= 2), mamba2 {rss['mamba2-untied']:.0f} MiB")
+    print("raw step times (s):", json.dumps({**{p: [round(t, 3) for t in v] for p, v in times.items()}, **{f"{p}@L={hf_context}": [round(t, 3) for t in v] for p, v in short_times.items()}}))
+
+
+if __name__ == "__main__":
+    main()
