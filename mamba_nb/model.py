@@ -192,18 +192,16 @@ def _load_pretrained(path: str):
 
 
 def _install_scan(model, scan: str) -> str:
-    try:  # TODO(scan helper): drop this guard once mamba_nb/scan.py lands
-        from mamba_nb.scan import apply_scan_path
-    except ImportError:
-        return "hf"
+    from mamba_nb.scan import apply_scan_path
+
     return apply_scan_path(model, scan)
 
 
-def build_model(cfg: ModelConfig, tokenizer, verbose: bool = True):
+def build_model(cfg: ModelConfig, tokenizer, device=None, verbose: bool = True):
     """`(model, scan_path)`: a Mamba for `tokenizer`, from scratch or fine-tuned from `cfg.pretrained`.
 
-    The model is fp32 on the CPU (the caller moves it); `scan_path` is "kernels", "fast" or
-    "hf", and is printed, so every run says which selective scan it trains with.
+    The model is fp32, on `device` (default: the CPU). `scan_path` is "kernels", "fast" or
+    "hf" for that device, and is printed, so every run says which selective scan it trains with.
     """
     if cfg.pretrained:
         model = _load_pretrained(cfg.pretrained)
@@ -220,6 +218,8 @@ def build_model(cfg: ModelConfig, tokenizer, verbose: bool = True):
         # the initial weights come from torch's global RNG: `train` seeds it first
         model = AutoModelForCausalLM.from_config(model_config(cfg, tokenizer), dtype=torch.float32)
         source = f"from scratch, preset {cfg.preset!r}"
+    if device is not None:
+        model.to(device)  # first: the scan path ("auto", "kernels") depends on the device
     scan_path = _install_scan(model, cfg.scan)
     if verbose:
         n = sum(p.numel() for p in model.parameters())
@@ -249,8 +249,8 @@ def load_checkpoint(path, scan: str = "auto", device: Optional[str] = None):
     directory = resolve_checkpoint_dir(path)
     model = _load_pretrained(str(directory))
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    _install_scan(model, scan)
     if device is not None:
         model.to(device)
+    _install_scan(model, scan)
     model.eval()
     return model, tokenizer

@@ -467,7 +467,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
     from tqdm.auto import tqdm
 
     from mamba_nb.dataset import open_dataset
-    from mamba_nb.model import _install_scan, _load_pretrained, build_model
+    from mamba_nb.model import SCAN_NAMES, _install_scan, _load_pretrained, build_model
 
     if cfg.max_steps is None and cfg.time_budget_s is None:
         raise TrainingError("neither max_steps nor time_budget_s is set: pass --max-steps N or --time-budget-s S")
@@ -491,16 +491,15 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
     if resume_from is not None:
         state = ckpt.load_training_state(resume_from)
         _check_resumable(state, cfg, ds, d, resume_from)
-        model = _load_pretrained(str(resume_from))
+        model = _load_pretrained(str(resume_from)).to(device)
         scan_path = _install_scan(model, cfg.scan)
         say(f"resuming {str(resume_from)!r} at step {state['step']} ({state['tokens_seen']:,} tokens seen); "
-            f"selective scan: {scan_path}")
+            f"selective scan: {SCAN_NAMES.get(scan_path, scan_path)}")
     else:
         state = None
         seed_everything(cfg.seed)  # same initial weights on every rank, and run to run
         model, scan_path = build_model(ModelConfig(**{f.name: getattr(cfg, f.name) for f in fields(ModelConfig)}),
-                                       tokenizer, verbose=d.main)
-    model.to(device)
+                                       tokenizer, device=device, verbose=d.main)
     optimizer = make_optimizer(model, cfg, device)
     step, tokens_seen, elapsed_s, total_steps = 0, 0, 0.0, cfg.max_steps
     stream = DataStream(ds, cfg, d)
