@@ -118,6 +118,7 @@ class EvalConfig:
     humaneval: bool = True
     humaneval_limit: Optional[int] = None  # None: all single-line tasks
     mode: str = "psm"
+    max_line_tokens: int = 48  # longer held-out lines are skipped; each infill may write this many + 8 tokens
     out_file: Optional[str] = None  # default: <checkpoint>/eval.json
     seed: int = 0
 

@@ -2,7 +2,7 @@
 
 `evaluate(checkpoint, dataset, cfg)` returns a dict with
 - `line`: single-line infilling on the held-out VALIDATION documents. A task masks one
-  non-blank line (chosen with `cfg.seed`; lines longer than `MAX_LINE_TOKENS` are skipped):
+  non-blank line (chosen with `cfg.seed`; lines longer than `cfg.max_line_tokens` are skipped):
   prefix = the text before the line, middle = the line without its newline, suffix = the
   newline and the rest. Scored by exact match (whitespace at the ends ignored) and edit
   similarity (1 - Levenshtein distance / longer length), for the FIM prompt (`cfg.mode`)
@@ -29,7 +29,8 @@ from typing import Iterable, Optional, Sequence, Union
 
 from mamba_nb.config import EvalConfig
 
-MAX_LINE_TOKENS = 48  # longer lines are skipped: a single-line task should fit one generation
+MAX_LINE_TOKENS = 48  # default of EvalConfig.max_line_tokens: longer lines are skipped
+LINE_SLACK = 8  # an infill may write this many tokens more than the longest line allowed
 HOLES_PER_CALL = 32  # holes per `infill` call (the progress bar's unit)
 
 
@@ -138,7 +139,7 @@ def check_program(task: LineTask, middle: str, problem: dict) -> str:
 
 
 def _infill_all(model, tokenizer, tasks: Sequence[LineTask], mode: str, context_len: Optional[int], desc: str,
-                progress: bool) -> list:
+                progress: bool, max_line_tokens: int = MAX_LINE_TOKENS) -> list:
     from tqdm.auto import tqdm
 
     from mamba_nb.infill import infill
@@ -151,7 +152,7 @@ def _infill_all(model, tokenizer, tasks: Sequence[LineTask], mode: str, context_
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             results += infill(model, tokenizer, [t.prefix for t in chunk], [t.suffix for t in chunk], mode=mode,
-                              max_new_tokens=MAX_LINE_TOKENS + 8, stop=["\n"], context_len=context_len)
+                              max_new_tokens=max_line_tokens + LINE_SLACK, stop=["\n"], context_len=context_len)
         truncated += sum("context_len" in str(w.message) for w in caught)
         bar.update(len(chunk))
     bar.close()
@@ -205,9 +206,11 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
                     "context_len": context_len, "mode": cfg.mode, "seed": cfg.seed}
 
     # (a, c) single-line infilling on held-out documents
-    tasks = line_tasks(ds.documents("validation"), cfg.num_line_tasks, cfg.seed, tokenizer)
-    fim_results = _infill_all(model, tokenizer, tasks, cfg.mode, context_len, f"lines ({cfg.mode})", progress)
-    lm_results = _infill_all(model, tokenizer, tasks, "lm", context_len, "lines (prefix only)", progress)
+    tasks = line_tasks(ds.documents("validation"), cfg.num_line_tasks, cfg.seed, tokenizer, cfg.max_line_tokens)
+    fim_results = _infill_all(model, tokenizer, tasks, cfg.mode, context_len, f"lines ({cfg.mode})", progress,
+                              cfg.max_line_tokens)
+    lm_results = _infill_all(model, tokenizer, tasks, "lm", context_len, "lines (prefix only)", progress,
+                             cfg.max_line_tokens)
     report["line"] = {"tasks": len(tasks), "fim": _scores(tasks, fim_results), "prefix_only": _scores(tasks, lm_results)}
     report["line"]["prefix_only"].pop("clean_rate")  # a left-to-right prompt has no middle to end
     report["examples"] = [
@@ -222,7 +225,8 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
     if cfg.humaneval:
         he = humaneval_tasks(humaneval_problems(), cfg.humaneval_limit)
         he_tasks = [t for t, _ in he]
-        preds = _infill_all(model, tokenizer, he_tasks, cfg.mode, context_len, "HumanEval infill", progress)
+        preds = _infill_all(model, tokenizer, he_tasks, cfg.mode, context_len, "HumanEval infill", progress,
+                            cfg.max_line_tokens)
         programs = [check_program(t, r.text, p) for (t, p), r in zip(he, preds)]
         runs = run_many(programs, workers=2, timeout_s=5.0)
         report["humaneval"] = {
@@ -235,7 +239,7 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
 
 
 def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, mode: str = "psm",
-                    progress: bool = False) -> list[dict]:
+                    progress: bool = False, max_line_tokens: int = MAX_LINE_TOKENS) -> list[dict]:
     """Single-line scores (FIM prompt) of every snapshot of a run, against the tokens it had seen:
     dicts with step, tokens_seen, exact_match, edit_similarity, clean_rate (notebook 05's curve)."""
     from mamba_nb.checkpoint import list_snapshots
@@ -252,9 +256,9 @@ def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, m
     points = []
     for snap in snapshots:
         model, tokenizer = load_checkpoint(snap["path"])
-        tasks = line_tasks(docs, num_line_tasks, seed, tokenizer)
+        tasks = line_tasks(docs, num_line_tasks, seed, tokenizer, max_line_tokens)
         results = _infill_all(model, tokenizer, tasks, mode, trained_context_len(snap["path"]),
-                              f"step {snap['step']}", progress)
+                              f"step {snap['step']}", progress, max_line_tokens)
         points.append({"step": snap["step"], "tokens_seen": snap.get("tokens_seen", 0), **_scores(tasks, results)})
     return points
 

@@ -110,7 +110,7 @@ def _checkpoint(tmp_path, tokenizer, context_len=64):
 def test_evaluate_reports_every_part_and_the_cli_writes_json(tmp_path, tiny_dataset, tiny_tokenizer, capsys):
     run = _checkpoint(tmp_path, tiny_tokenizer)
     cfg = EvalConfig(checkpoint=str(run), dataset=str(tiny_dataset.path), num_line_tasks=4, num_loss_windows=0,
-                     humaneval_limit=3)
+                     max_line_tokens=8, humaneval_limit=3)
     report = evaluate_cli(cfg)
     saved = json.loads((run / "latest" / "eval.json").read_text())
     assert saved == json.loads(json.dumps(report))
@@ -131,6 +131,6 @@ def test_evaluate_reports_every_part_and_the_cli_writes_json(tmp_path, tiny_data
 def test_evaluate_losses(tmp_path, tiny_dataset, tiny_tokenizer):
     pytest.importorskip("mamba_nb.windows")
     run = _checkpoint(tmp_path, tiny_tokenizer, context_len=32)
-    cfg = EvalConfig(num_line_tasks=1, num_loss_windows=2, humaneval=False)
+    cfg = EvalConfig(num_line_tasks=1, num_loss_windows=2, humaneval=False, max_line_tokens=8)
     report = evaluate(str(run), tiny_dataset, cfg, progress=False)
     assert report["loss"]["val_loss"] > 0 and report["loss"]["val_fim_loss"] > 0
