@@ -89,8 +89,12 @@ class WindowDataset(torch.utils.data.Dataset):
     def read_windows(self, starts: np.ndarray) -> np.ndarray:
         """(B, context_len + 1) int64 tokens of the windows at `starts`, with one Lance `take`."""
         rows = (starts[:, None] + self._offsets).ravel()  # (B * (L + 1),)
-        table = self.ds.tokens(self.split).take(rows, columns=["token"])
-        return table.column("token").to_numpy().astype(np.int64).reshape(len(starts), -1)
+        # Lance reads ascending row ids faster (pages visited once, in order): sort, take, unsort.
+        order = np.argsort(rows, kind="stable")
+        values = self.ds.tokens(self.split).take(rows[order], columns=["token"]).column("token").to_numpy()
+        out = np.empty(len(rows), dtype=np.int64)
+        out[order] = values
+        return out.reshape(len(starts), -1)
 
     def __getitem__(self, index: tuple[int, tuple[int, ...]]) -> dict:
         epoch, starts = index
@@ -154,8 +158,9 @@ def _worker_context(name: Optional[str], tokenizer_module: str):
         name = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(name)
     if name == "forkserver":
-        # Imported once in the server, before any Lance handle exists; each worker forks from it.
-        ctx.set_forkserver_preload(["torch", "lance", "mamba_nb.windows", tokenizer_module])
+        # Imported once in the server; each worker forks from it. Not lance: it warns on every fork
+        # (its handles are opened in each worker, after the fork).
+        ctx.set_forkserver_preload(["torch", "mamba_nb.windows", tokenizer_module])
     return ctx
 
 
