@@ -183,23 +183,24 @@ def _generate_batch(model, tokenizer, rows: list[_Row], *, max_new_tokens: int, 
     cache = out.cache if hasattr(out, "cache") else out.cache_params
     # A middle is text ended by <|endoftext|>: the other special tokens are never emitted.
     banned = torch.tensor(sorted(banned_ids), dtype=torch.long)
+    live = list(range(len(rows)))  # rows[live[k]] is row k of `logits` and of the cache
     logits = out.logits[:, -1, :vocab_limit].float()  # (R, V): padding rows of the embedding excluded
     for step in range(max_new_tokens):
         logits[:, banned] = -math.inf
-        for i, r in enumerate(rows):
-            if r.remaining and not r.done and vocab_strings is not None:
+        for k, i in enumerate(live):
+            r = rows[i]
+            if r.remaining and vocab_strings is not None:
                 ok = vocab_strings.allowed(r.remaining).to(logits.device)
                 if ok.any():
-                    logits[i].masked_fill_(~ok, -math.inf)
+                    logits[k].masked_fill_(~ok, -math.inf)
                 else:  # no token spells it (not a byte-level vocabulary): stop healing this row
                     r.heal, r.remaining = r.heal[: len(r.heal) - len(r.remaining)], ""
         nxt = _pick(logits, temperature, top_p, gen)
         logp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
-        for i, r in enumerate(rows):
-            if r.done:
-                continue
-            t = int(nxt[i])
-            r.logprob += float(logp[i])
+        for k, i in enumerate(live):
+            r = rows[i]
+            t = int(nxt[k])
+            r.logprob += float(logp[k])
             if t == eot:
                 r.done, r.clean = True, True
                 continue
@@ -217,9 +218,15 @@ def _generate_batch(model, tokenizer, rows: list[_Row], *, max_new_tokens: int, 
                 r.text, r.done = middle[:cut], True
             else:
                 r.text = middle
-        if all(r.done for r in rows) or step == max_new_tokens - 1:
+        keep = [k for k, i in enumerate(live) if not rows[i].done]
+        if not keep or step == max_new_tokens - 1:
             break
-        # finished rows keep stepping (their output is ignored) so the batch stays rectangular
+        if len(keep) < len(live):
+            # Drop finished rows from the batch and from the recurrent state: each row's
+            # state is its own (no attention across rows), so the others are unaffected.
+            idx = torch.tensor(keep, dtype=torch.long)
+            cache.reorder_cache(idx.to(device))
+            nxt, live = nxt[idx], [live[k] for k in keep]
         out = model(input_ids=nxt[:, None].to(device), cache=cache, use_cache=True)
         cache = out.cache if hasattr(out, "cache") else out.cache_params
         logits = out.logits[:, -1, :vocab_limit].float()

@@ -49,6 +49,10 @@ def test_batched_equals_one_at_a_time(model, tok, mode):
     batched = infill(model, tok, prefixes, suffixes, mode=mode, max_new_tokens=8, batch_size=3)
     alone = [infill(model, tok, p, s, mode=mode, max_new_tokens=8) for p, s in HOLES]
     assert batched == alone
+    # stop strings end rows at different steps: finished rows leave the batch, the rest go on
+    stop = ["e", " ", "("]
+    batched = infill(model, tok, prefixes, suffixes, mode=mode, max_new_tokens=8, stop=stop)
+    assert batched == [infill(model, tok, p, s, mode=mode, max_new_tokens=8, stop=stop) for p, s in HOLES]
     assert all(isinstance(r, InfillResult) for r in batched)
 
 
