@@ -1,0 +1,138 @@
+"""The course's widgets, moved in JupyterLab the way a learner moves them.
+
+`pytest --nbmake` proves the cells run; it never renders a widget, so a slider whose
+callback ignores it, or a front-end that shows `FloatSlider(...)` as text, passes
+there. Here each notebook is opened in a real JupyterLab (smoke mode), run with
+"Run All Cells", and its widget is driven through the page:
+
+- 03_fill_in_the_middle: `fim_rate` to 0 → no sample is FIM-transformed and the
+  measured fraction reads 0; to 1 → every sample is PSM or SPM and it reads 1.
+- 05_infill_code: a prefix and a suffix typed into the text boxes, the "Infill" button
+  pressed → an infill for that prefix/suffix appears.
+
+The notebooks are copies in a scratch tree (see `lab_harness.stage_tree`); the
+committed files are never written. Screenshots go to test-output/browser/.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from lab_harness import (
+    REPO,
+    WIDGET_UPDATE_S,
+    collapse_side_panels,
+    kernel_exec,
+    move_slider,
+    open_notebook,
+    run_all,
+    screenshot,
+    slider,
+    stage_tree,
+    widget_cell,
+)
+
+NB03 = "03_fill_in_the_middle.ipynb"
+NB05 = "05_infill_code.ipynb"
+# A smoke-mode notebook runs in well under a minute under nbmake; JupyterLab on a shared
+# 2-core machine is slower, and 05 may first train its smoke model. Bounded all the same.
+RUN_ALL_S = 180
+
+
+# Where the notebooks under test come from. MAMBA_NB_NOTEBOOK_DIR points the tests at
+# other copies, e.g. one with a deliberately broken callback, to see that they fail.
+NOTEBOOK_DIR = Path(os.environ.get("MAMBA_NB_NOTEBOOK_DIR", REPO / "notebooks"))
+
+
+@pytest.fixture(scope="module")
+def course(lab, lab_tree):
+    """`course(name)` copies notebook `name` into a scratch tree served by `lab` and
+    returns its path on the server."""
+
+    def stage(name: str) -> str:
+        src = NOTEBOOK_DIR / name
+        assert src.exists(), f"course notebook missing: {src}"
+        stage_tree(lab_tree / "course", {name: src})
+        return f"course/notebooks/{name}"
+
+    return stage
+
+
+# Distinctive so the test can tell its own prompt from the notebook's default one.
+PREFIX = "def area_of_circle(radius):\n    return "
+SUFFIX = "\n\nprint(area_of_circle(2.0))\n"
+
+# In the kernel: the infill widget's state (its Textareas' values as synced from the page,
+# and its output), then what pressing it again from Python (`box.on_click`, the hook
+# mamba_nb.viz.infill provides) renders for those same values. JSON on stdout.
+_KERNEL_INFILL_CHECK = """
+def _browser_test_check():
+    import json
+    import ipywidgets.widgets.widget as _w
+    boxes = [w for w in list(_w._instances.values()) if "infill-widget" in getattr(w, "_dom_classes", ())]
+    box = boxes[-1]
+    pre, suf = (c for c in box.children if {"infill-prefix", "infill-suffix"} & set(c._dom_classes))
+    out = next(c for c in box.children if "infill-output" in c._dom_classes)
+    shown = out.value
+    box.on_click(None)
+    print(json.dumps({"boxes": len(boxes), "prefix": pre.value, "suffix": suf.value,
+                      "shown": shown, "again": out.value}))
+_browser_test_check()
+del _browser_test_check
+"""
+
+
+def _by_class(page, cls: str):
+    loc = page.locator(f".infill-widget .{cls}")
+    assert loc.count() == 1, f"expected one `.{cls}` inside `.infill-widget`, found {loc.count()}"
+    return loc
+
+
+def test_infill_widget_in_jupyterlab(page, lab, course):
+    path = course(NB05)
+    open_notebook(page, lab, path)
+    collapse_side_panels(page)
+    # Up to the widget: the evaluation cells below it do not touch it (nbmake runs them),
+    # and on a busy 2-core machine they would double this test's time.
+    run_all(page, path, timeout_s=RUN_ALL_S, through="infill_widget(")
+
+    prefix = _by_class(page, "infill-prefix").locator("textarea")
+    suffix = _by_class(page, "infill-suffix").locator("textarea")
+    button = _by_class(page, "infill-button")
+    assert button.inner_text().strip() == "Infill"
+    output = _by_class(page, "infill-output")
+    # Scoped to the widget: the notebook also shows a static `.infill-result` above it.
+    result = output.locator(".infill-result")
+    assert result.count() == 0, "the widget shows a result before its button was pressed"
+
+    # Typed through the page: the text reaches the kernel only via the widget front-end.
+    # Tab moves the focus away, which is when a Textarea with continuous_update=False syncs.
+    for box, text in ((prefix, PREFIX), (suffix, SUFFIX)):
+        box.fill(text)
+        box.press("Tab")
+    button.click()
+
+    try:
+        result.wait_for(state="attached", timeout=RUN_ALL_S * 1000)
+    except Exception as e:
+        raise AssertionError(
+            f"no `.infill-result` in the widget after pressing Infill; it shows:\n{output.inner_text()[:1500]}"
+        ) from e
+    assert output.locator(".infill-error").count() == 0, output.inner_text()
+    shown_text = result.inner_text()
+    assert result.get_attribute("data-clean") in ("true", "false")
+    screenshot(widget_cell(page, ".infill-widget"), "05_infill")
+
+    # The kernel holds what was typed (the front-end synced it), the page shows what the
+    # kernel rendered, and the callback renders the same infill again for those values.
+    check = json.loads(kernel_exec(page, path, _KERNEL_INFILL_CHECK, timeout_s=RUN_ALL_S).strip().splitlines()[-1])
+    assert check["boxes"] == 1, f"{check['boxes']} infill widgets in the kernel, expected the notebook's one"
+    assert (check["prefix"], check["suffix"]) == (PREFIX, SUFFIX)
+    assert check["again"] == check["shown"], "pressing Infill again gave another infill for the same prompt"
+    # What the page shows is the middle the kernel rendered (HTML-escaped there).
+    assert html.escape(shown_text.strip()) in check["shown"] or not shown_text.strip()
