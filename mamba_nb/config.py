@@ -81,7 +81,7 @@ class TrainConfig(WindowConfig, ModelConfig):
     weight_decay: float = 0.1
     warmup_steps: int = 100
     max_steps: Optional[int] = None  # None: as many as time_budget_s allows
-    time_budget_s: Optional[float] = 600.0
+    time_budget_s: Optional[float] = 600.0  # seconds of training; None or 0: no time limit
     grad_clip: float = 1.0
     eval_every: int = 200
     eval_windows: int = 64

@@ -469,7 +469,9 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
     from mamba_nb.dataset import open_dataset
     from mamba_nb.model import SCAN_NAMES, _install_scan, _load_pretrained, build_model
 
-    if cfg.max_steps is None and cfg.time_budget_s is None:
+    # 0 means no time limit (a flag cannot say None): `--max-steps 5000 --time-budget-s 0`
+    budget_s = cfg.time_budget_s if cfg.time_budget_s else None
+    if cfg.max_steps is None and budget_s is None:
         raise TrainingError("neither max_steps nor time_budget_s is set: pass --max-steps N or --time-budget-s S")
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise TrainingError(f"batch_size={cfg.batch_size} and grad_accum={cfg.grad_accum} must be >= 1")
@@ -507,6 +509,9 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
         optimizer.load_state_dict(state["optimizer"])
         step, tokens_seen, elapsed_s = state["step"], state["tokens_seen"], state["elapsed_s"]
         total_steps = cfg.max_steps if cfg.max_steps is not None else state["total_steps"]
+        if cfg.max_steps is None and budget_s != (state["config"]["time_budget_s"] or None) and step > 0:
+            # a new time budget: stretch the schedule at the speed the run has had so far
+            total_steps = estimate_total_steps(cfg, step, elapsed_s, elapsed_s / step)
         stream = DataStream(ds, cfg, d, **state["data"])
         set_rng_state(state["rng"])
     net = model
@@ -515,6 +520,13 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    if state is not None and (step >= (total_steps or math.inf)
+                              or budget_s is not None and elapsed_s >= budget_s):
+        say(f"the run in {str(out)!r} is already complete (step {step}, {elapsed_s:.0f} s of training); "
+            "pass a larger --max-steps or --time-budget-s to go on, or --no-resume to start over")
+        if d.started_here:
+            torch.distributed.destroy_process_group()
+        return out / ckpt.LATEST
     loggers = Loggers(cfg, out, d.main, state["step"] if state else None)
     tokens_per_step = cfg.batch_size * cfg.context_len * cfg.grad_accum * d.world_size
     if d.main:
@@ -523,7 +535,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
         say(f"training on {device} x {d.world_size}: {n_params / 1e6:.2f}M parameters "
             f"({sum(p.numel() for p in groups[0]['params']) / 1e6:.2f}M with weight decay), "
             f"{tokens_per_step:,} tokens per step, "
-            + (f"{total_steps} steps" if total_steps else f"time budget {cfg.time_budget_s:.0f} s"))
+            + (f"{total_steps} steps" if total_steps else f"time budget {budget_s:.0f} s"))
 
     def training_state() -> dict:
         return {"step": step, "tokens_seen": tokens_seen, "elapsed_s": elapsed_s, "total_steps": total_steps,
@@ -618,11 +630,11 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
                         total_steps = estimate
                         bar.total = total_steps
                         bar.refresh()
-                        say(f"time budget {cfg.time_budget_s:.0f} s at {per:.3f} s/step: "
+                        say(f"time budget {budget_s:.0f} s at {per:.3f} s/step: "
                             f"a schedule of {total_steps} steps")
 
                 last = total_steps is not None and step >= total_steps
-                out_of_time = cfg.time_budget_s is not None and elapsed_s >= cfg.time_budget_s
+                out_of_time = budget_s is not None and elapsed_s >= budget_s
                 stopping = _any_rank(stop.reason is not None or out_of_time, d, device)
                 if step % cfg.eval_every == 0 or last or stopping and out_of_time:
                     validate()
@@ -630,7 +642,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
                     save()
                     last_saved = step
                 if stopping:
-                    why = stop.reason or f"time budget of {cfg.time_budget_s:.0f} s used"
+                    why = stop.reason or f"time budget of {budget_s:.0f} s used"
                     say(f"stopped at step {step} ({why}); checkpoint saved in {str(out / ckpt.LATEST)!r}. "
                         "Run the same command again to resume.")
                     break
@@ -640,7 +652,8 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
         if d.started_here:
             torch.distributed.destroy_process_group()
     if d.main:
-        loggers.plot(out)
+        if loggers.records and loggers.records[-1]["kind"] == "train":
+            loggers.plot(out)  # (a validation just drew it otherwise)
         waits = sum(r["data_wait_s"] for r in loggers.records if r["kind"] == "train")
         spent = sum(r["step_s"] for r in loggers.records if r["kind"] == "train")
         if spent > 0:

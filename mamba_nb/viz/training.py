@@ -2,7 +2,8 @@
 
 `plot_loss(records)` draws the training loss (raw and smoothed) and the two validation
 losses against tokens seen, and returns a matplotlib `Figure` (made without pyplot, so
-it works under any backend and in a training process with no display). `LivePlot` keeps
+it works under any backend and in a training process with no display). `plot_schedule` draws the
+learning rate of every step. `LivePlot` keeps
 the records a running `train` hands its `on_step` / `on_eval` hooks and redraws the
 figure in a notebook. `read_metrics` loads a run's metrics.jsonl.
 
@@ -64,6 +65,28 @@ def plot_loss(records: list[dict], smoothing: float = 0.9, title: Optional[str] 
     if train or evals:
         ax.legend(loc="upper right")
     ax.set_title(title or "loss")
+    fig.tight_layout()
+    return fig
+
+
+def plot_schedule(lr: float, warmup_steps: int, min_lr_ratio: float, total_steps: int):
+    """The learning rate of every step of a run (`train.lr_at`) → `Figure`."""
+    from matplotlib.figure import Figure
+
+    from mamba_nb.config import TrainConfig
+    from mamba_nb.train import lr_at
+
+    cfg = TrainConfig(lr=lr, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
+    steps = np.arange(total_steps)
+    fig = Figure(figsize=(6, 3))
+    ax = fig.add_subplot()
+    ax.plot(steps + 1, [lr_at(int(s), cfg, total_steps) for s in steps])
+    ax.axvline(warmup_steps, color="gray", linestyle=":", label=f"end of warmup (step {warmup_steps})")
+    ax.axhline(lr * min_lr_ratio, color="gray", linestyle="--", label=f"floor: min_lr_ratio x lr")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
