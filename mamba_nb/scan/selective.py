@@ -13,18 +13,18 @@ and, when asked, the final state h[..., L-1] (what HF keeps in the cache as the 
 Why it is fast without a custom kernel. HF's fallback indexes one time step at a time out of
 full-size tensors; autograd then writes a full-size zero gradient for every slice, so its
 backward is O(L^2). Here one `torch.autograd.Function` owns the recurrence: the forward keeps
-every state (L, B, D, N) and the decays, the backward runs the adjoint recurrence in reverse over
-the same buffers, and everything else (the contractions with B, C and the gradients of dt and A)
-is done in a few whole-tensor passes: batched matmuls and in-place products. Each time step costs
-one in-place `addcmul_` on a (B, D, N) slice, forward and backward. Work and memory are linear in
-L. `exp` only ever sees dt * A <= 0 (dt >= 0 after softplus, A < 0), so nothing can overflow;
-the recurrence is the reference's, step for step, so no chunk-size or cumulative-sum
-stability question arises.
+every state (L, B, N, D) and the decays, the backward runs the adjoint recurrence in reverse over
+the same buffers, and everything else (the contractions with B and C, the gradients of dt and A)
+is a few whole-tensor passes: batched matrix-vector products and in-place products. Each time
+step costs one in-place `addcmul_` on a (B, N, D) slice, forward and backward. Work and memory
+are linear in L. `exp` only ever sees dt * A <= 0 (dt >= 0 after softplus, A < 0), so nothing can
+overflow, and the recurrence is the reference's, step for step: no chunk size, no cumulative
+sums, no stability trade-off. (A chunked variant was considered: on CPU every extra whole-tensor
+pass costs about as much as the 256 per-step ops it would save.)
 
-Tensor operations it relies on (all standard, CPU, CUDA and MPS): permute/transpose/contiguous/
-view, mul/mul_ (with out=), exp_, addcmul_, add_, bmm, sum, softplus, silu, zero_, clone,
-empty/zeros_like. Nothing is
-compiled and there is no CPU-only extension.
+Tensor operations it relies on (all standard; CPU, CUDA and MPS): permute, transpose, view,
+contiguous, clone, mul/mul_ (with out=), exp_, addcmul_, add_, bmm, sum, zero_, softplus, silu,
+empty, zeros_like. Nothing is compiled and there is no CPU-only extension.
 
 What it does not do: it does not take an initial state (neither does the kernel HF calls; HF's
 prefill starts from zero too), it does not do Mamba-2's scalar-decay scan (HF's chunked path
@@ -32,6 +32,7 @@ already uses matmuls there), and it does not touch the model: `mamba_nb.scan.pat
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Optional
 
@@ -79,6 +80,26 @@ class _Workspace:
 WORKSPACE = _Workspace()
 
 
+@contextlib.contextmanager
+def _one_thread(device: torch.device):
+    """Run the per-step loop on one CPU thread.
+
+    Each step is a ~65k-element op: splitting it over threads saves little, and when the cores are
+    shared every step waits for the slowest thread at a barrier. Measured on 2 busy cores: 255
+    steps took 126 ms to 3.7 s on 2 threads, 21-37 ms on one. The whole-tensor passes keep every
+    thread.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _Recurrence(torch.autograd.Function):
     """h_t = exp(dt_t * A) * h_{t-1} + dt_t * x_t (outer) B_t ;  y_t = C_t . h_t   (time-major).
 
@@ -98,8 +119,9 @@ class _Recurrence(torch.autograd.Function):
         # H starts as the inputs B (outer) dt*x and becomes the states in place: one fused op per step.
         H = torch.mul(Bm.unsqueeze(-1), dtx.unsqueeze(2), out=WORKSPACE.take((L, batch, N, D), dt))
         decay = torch.mul(dt.unsqueeze(2), At, out=WORKSPACE.take((L, batch, N, D), dt)).exp_()  # in (0, 1]
-        for t in range(1, L):
-            H[t].addcmul_(H[t - 1], decay[t])
+        with _one_thread(dt.device):
+            for t in range(1, L):
+                H[t].addcmul_(H[t - 1], decay[t])
         y = torch.bmm(Cm.view(LB, 1, N), H.view(LB, N, D)).view(L, batch, D)
         last = H[L - 1].transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (B, D, N), HF's; a copy: H is reused
         if any(ctx.needs_input_grad):
@@ -127,8 +149,9 @@ class _Recurrence(torch.autograd.Function):
         G = torch.mul(Cm.unsqueeze(-1), grad_y.unsqueeze(2), out=WORKSPACE.take((L, batch, N, D), dt))
         if grad_last is not None:
             G[L - 1].add_(grad_last.transpose(1, 2))
-        for t in range(L - 2, -1, -1):
-            G[t].addcmul_(G[t + 1], decay[t + 1])
+        with _one_thread(dt.device):
+            for t in range(L - 2, -1, -1):
+                G[t].addcmul_(G[t + 1], decay[t + 1])
         Gv, Hv = G.view(LB, N, D), H.view(LB, N, D)
         grad_C = torch.bmm(Hv, grad_y.view(LB, D, 1)).view(L, batch, N)
         grad_B = torch.bmm(Gv, dtx.view(LB, D, 1)).view(L, batch, N)
