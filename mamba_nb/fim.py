@@ -82,7 +82,8 @@ class FimResult:
 
     tokens: (B, L) int64, the samples; roles: (B, L) int8, PLAIN/SENTINEL/PREFIX/SUFFIX/MIDDLE/PAD
     per token; modes[b][i]: "psm" | "spm" | "none" for piece i of window b; trimmed[b][i]: suffix
-    tokens dropped from that piece to fit. `num_drawn` counts pieces drawn for FIM, of which
+    tokens dropped from that piece to fit; spans[b][i]: [start, end) of that piece in `tokens`
+    (its closing <|endoftext|> included). `num_drawn` counts pieces drawn for FIM, of which
     `num_fim` were transformed (the rest were too short to fit), out of `num_pieces` non-empty ones.
     """
 
@@ -90,6 +91,7 @@ class FimResult:
     roles: np.ndarray
     modes: list[list[str]] = field(default_factory=list)
     trimmed: list[list[int]] = field(default_factory=list)
+    spans: list[list[tuple[int, int]]] = field(default_factory=list)
     num_pieces: int = 0
     num_drawn: int = 0
     num_fim: int = 0
@@ -199,7 +201,8 @@ class FimTransform:
         roles = np.full((B, L), PAD, dtype=np.int8)
         result = FimResult(out, roles, num_pieces=num_pieces, num_drawn=len(todo))
         for b in range(B):
-            toks, rols, modes, trims = [], [], [], []
+            toks, rols, modes, trims, spans = [], [], [], [], []
+            at = 0  # output tokens laid so far
             slack = 0  # tokens left unused by the pieces before this one
             for i, (s, e, has_eot, d) in enumerate(plan[b]):
                 footprint = e - s + has_eot
@@ -219,6 +222,8 @@ class FimTransform:
                     rols.append(np.full(len(seg), r, dtype=np.int8))
                     n += len(seg)
                 slack = budget - n
+                spans.append((at, at + n))
+                at += n
                 modes.append(mode)
                 trims.append(trim)
             if toks:
@@ -227,6 +232,7 @@ class FimTransform:
                 roles[b, : len(row)] = np.concatenate(rols)
             result.modes.append(modes)
             result.trimmed.append(trims)
+            result.spans.append(spans)
         return result
 
     def _split(self, pieces: list[np.ndarray], draws: list[np.ndarray]) -> list[tuple[list, list, list]]:

@@ -259,3 +259,32 @@ def test_fim_rng_depends_on_all_three_keys():
     assert np.array_equal(base, fim_rng(0, 0, 0).random(4))
     for other in (fim_rng(1, 0, 0), fim_rng(0, 1, 0), fim_rng(0, 0, 1)):
         assert not np.array_equal(base, other.random(4))
+
+
+def test_show_fim_html_is_machine_checkable(tok, ft):
+    import re
+
+    from mamba_nb.viz.fim import show_fim
+
+    stream = stream_of(tok, ft, SAMPLE_CODE * 40)
+    windows = np.stack([stream[s : s + 65] for s in range(0, 64 * 16, 64)])
+    view = show_fim(windows, tok, fim_rate=0.7, spm_rate=0.5, seed=4, num_samples=3)
+    res = view.result
+    rendered = re.findall(r'<div class="fim-sample" data-fim="(psm|spm|none)"', view.html)
+    assert rendered == [m for row in res.modes[:3] for m in row]
+    measured = re.search(r"measured FIM fraction: (\d\.\d\d)", view.html)
+    assert measured and float(measured.group(1)) == round(res.fim_fraction, 2)
+    assert "fim-middle" in view.html and 'class="fim-fraction-plot"' in view.html
+    # the sample's text, sentinels removed, holds the window's documents (as far as they survive)
+    plain = re.sub(r"<[^>]+>", "", view.html.split('class="fim-window"')[1])
+    assert "return a + b" in plain or "Point" in plain or "import" in plain or "sum(x)" in plain
+
+
+def test_spans_cover_each_piece(tok, ft):
+    stream = stream_of(tok, ft, SAMPLE_CODE * 3)
+    res = apply_fim(stream[:150], tok, fim_rate=0.6, seed=9)
+    spans = res.spans[0]
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    for (a, b), mode in zip(spans, res.modes[0]):
+        undone = undo_fim(res.tokens[0][a:b], ft)
+        assert len(undone) == 1 and undone[0].mode in (mode, "spm")

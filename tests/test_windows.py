@@ -159,3 +159,22 @@ def test_other_tokenizer_is_refused(tiny_dataset):
 def test_bad_rates_are_named(tiny_dataset, field, value):
     with pytest.raises(ValueError, match=f"{field}={value}"):
         make_loader(tiny_dataset, "train", cfg(**{field: value}), batch_size=2)
+
+
+def test_viz_pair_coverage_and_shards():
+    from mamba_nb.sampler import WindowSampler
+    from mamba_nb.viz.windows import pair_coverage, plot_epoch_windows, plot_shards, shard_table
+
+    s = WindowSampler(3_000, 50, seed=2)
+    counts = pair_coverage(s, range(4))
+    assert counts.max() == 1  # no pair twice in an epoch
+    assert (counts.sum(axis=1) == s.windows_per_epoch * 50).all()
+    table = shard_table(3_000, 50, world_size=2, num_workers=3, batch_size=4, seed=2)
+    assert len(np.unique(table[:, 0])) == len(table)  # each window read by one (rank, worker)
+    assert set(table[:, 1]) == {0, 1} and set(table[:, 2]) == {0, 1, 2}
+    # a batch belongs to one worker
+    for rank in (0, 1):
+        mine = table[table[:, 1] == rank]
+        assert all(len(set(mine[mine[:, 3] == b][:, 2])) == 1 for b in set(mine[:, 3]))
+    spans = np.array([[0, 700], [700, 1200], [1900, 1100]])
+    assert plot_epoch_windows(s, spans).axes and plot_shards(3_000, 50).axes
