@@ -67,7 +67,8 @@ def main() -> None:
                           resume=False)
         train(cfg)
         recs = [r for r in read_metrics(Path(tmp) / "run") if r["kind"] == "train"][1:]
-        loop_tps = sum(cfg.batch_size * cfg.context_len for _ in recs) / sum(r["step_s"] for r in recs)
+        # medians on both sides: one slow step (another process taking the CPU) moves neither
+        loop_tps = cfg.batch_size * cfg.context_len / statistics.median(r["step_s"] for r in recs)
         wait = sum(r["data_wait_s"] for r in recs) / sum(r["step_s"] for r in recs)
         bare_tps = compute_only(cfg, ds, min(steps, 10))
     print(f"\ntiny preset ({args.arch}), batch {cfg.batch_size} x {cfg.context_len} tokens, "

@@ -464,11 +464,6 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
     written to metrics.jsonl. Both run on every rank of a DDP run (all ranks hold the same
     record). The notebook redraws its loss plot from them.
     """
-    from tqdm.auto import tqdm
-
-    from mamba_nb.dataset import open_dataset
-    from mamba_nb.model import SCAN_NAMES, _install_scan, _load_pretrained, build_model
-
     # 0 means no time limit (a flag cannot say None): `--max-steps 5000 --time-budget-s 0`
     budget_s = cfg.time_budget_s if cfg.time_budget_s else None
     if cfg.max_steps is None and budget_s is None:
@@ -477,6 +472,19 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
         raise TrainingError(f"batch_size={cfg.batch_size} and grad_accum={cfg.grad_accum} must be >= 1")
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     d = init_distributed("cuda" if want_cuda else "cpu")
+    try:
+        return _run(cfg, d, budget_s, on_step, on_eval)
+    finally:
+        if d.started_here:
+            torch.distributed.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, d: Dist, budget_s: Optional[float], on_step, on_eval) -> Path:
+    from tqdm.auto import tqdm
+
+    from mamba_nb.dataset import open_dataset
+    from mamba_nb.model import SCAN_NAMES, _install_scan, _load_pretrained, build_model
+
     device = pick_device(cfg.device, d)
     out = Path(cfg.out_dir)
     say = tqdm.write if d.main else (lambda *a, **k: None)
@@ -524,8 +532,6 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
                               or budget_s is not None and elapsed_s >= budget_s):
         say(f"the run in {str(out)!r} is already complete (step {step}, {elapsed_s:.0f} s of training); "
             "pass a larger --max-steps or --time-budget-s to go on, or --no-resume to start over")
-        if d.started_here:
-            torch.distributed.destroy_process_group()
         return out / ckpt.LATEST
     loggers = Loggers(cfg, out, d.main, state["step"] if state else None)
     tokens_per_step = cfg.batch_size * cfg.context_len * cfg.grad_accum * d.world_size
@@ -649,8 +655,6 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
     finally:
         bar.close()
         loggers.close()
-        if d.started_here:
-            torch.distributed.destroy_process_group()
     if d.main:
         if loggers.records and loggers.records[-1]["kind"] == "train":
             loggers.plot(out)  # (a validation just drew it otherwise)
