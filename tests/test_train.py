@@ -330,3 +330,21 @@ def test_smoothing_of_a_constant_is_the_constant_and_stays_in_range(values):
     assert s[0] == pytest.approx(values[0])
     assert (s >= min(values) - 1e-6).all() and (s <= max(values) + 1e-6).all()
     assert smooth([values[0]] * 5) == pytest.approx([values[0]] * 5)
+
+
+def test_tensorboard_and_wandb_asked_for_but_not_installed_only_print_a_note(tmp_path, monkeypatch, capsys):
+    from mamba_nb.train import Loggers
+
+    # None in sys.modules makes the import fail, as on a machine without these packages
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    cfg = TrainConfig(log_tensorboard=True, log_wandb=True)
+    loggers = Loggers(cfg, tmp_path, main=True, resume_step=None)
+    loggers.log({"kind": "train", "step": 1, "loss": 1.0})
+    loggers.close()
+    printed = capsys.readouterr().out
+    assert "pip install tensorboard" in printed and "pip install wandb" in printed
+    assert records(tmp_path, "train")[1]["loss"] == 1.0  # metrics.jsonl is written regardless
+    # and nothing is even imported when they are not asked for
+    Loggers(TrainConfig(), tmp_path, main=True, resume_step=None)
+    assert "note" not in capsys.readouterr().out
