@@ -252,7 +252,9 @@ class FimTransform:
             # uniform over the len(text) + 1 places a cursor can be, in characters
             a, c = sorted(np.floor(d[2:4] * (len(text) + 1)).astype(int))
             chunks += [text[:a], text[a:c], text[c:]]
-        ids = [enc.ids for enc in codec.encode_batch(chunks, add_special_tokens=False)]
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we do not use.
+        encode = getattr(codec, "encode_batch_fast", codec.encode_batch)
+        ids = [enc.ids for enc in encode(chunks, add_special_tokens=False)]
         return [(ids[k], ids[k + 1], ids[k + 2]) for k in range(0, len(ids), 3)]
 
     def _layout(self, key, parts, spm: bool, budget: int):
