@@ -391,12 +391,21 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
         tokenizer.save_pretrained(tmp / "tokenizer")
         tokenize_started = time.time()
         stats = _tokenize_and_write(corpus, cfg, tokenizer, dtype, tmp, progress)
+        where = corpus.describe().get("path", corpus.kind)
+        total = stats["train"]["documents"] + stats["validation"]["documents"]
+        if total == 0:
+            sk = corpus.skipped
+            raise DatasetError(
+                f"no document to build from in {where!r}: every candidate was skipped ({sk.binary} binary, "
+                f"{sk.not_utf8} not UTF-8, {sk.empty} empty; e.g. {sk.examples[:3]}); check --path and --patterns "
+                "(or --hf-text-column)"
+            )
         for split in SPLITS:
             if stats[split]["documents"] == 0:
                 raise DatasetError(
-                    f"the {split} split of {corpus.describe()} is empty: {stats['train']['documents'] + stats['validation']['documents']} "
-                    f"document(s) in all with validation_fraction={cfg.validation_fraction}; "
-                    "use more documents (--max-documents) or change --validation-fraction"
+                    f"the {split} split of {where!r} is empty: {total} document(s) in all with "
+                    f"validation_fraction={cfg.validation_fraction}; use more documents (--max-documents) "
+                    "or change --validation-fraction"
                 )
         manifest = {
             "format": FORMAT,

@@ -376,6 +376,17 @@ def test_too_few_documents_for_a_validation_split(tiny_corpus_dir, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_corpus_of_only_skipped_files(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x.py").write_bytes(b"a\0b")
+    from mamba_nb.config import DataConfig
+
+    cfg = DataConfig(source="dir", path=str(tmp_path / "c"), out_dir=str(tmp_path / "ds"))
+    with pytest.raises(DatasetError, match=r"no document to build from .*1 binary.*--patterns"):
+        build_dataset(cfg, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
 def test_build_with_a_loaded_tokenizer(tiny_corpus_dir, tmp_path):
     """An HF tokenizer lacking our FIM tokens: they are added, the dataset stores them distinct."""
     tok_dir = plain_tokenizer_dir(tmp_path / "tok")
