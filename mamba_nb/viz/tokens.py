@@ -50,9 +50,12 @@ def tokens_html(tokenizer, text: str, show_ids: bool = False) -> str:
     pieces = token_pieces(tokenizer, text)
     for i, (token_id, piece) in enumerate(pieces):
         label = f"<sub>{token_id}</sub>" if show_ids and token_id is not None else ""
+        shown = _show(piece)
+        # a newline token's id goes before its line break, not at the start of the next line
+        shown = shown[:-1] + label + "\n" if shown.endswith("\n") else shown + label
         spans.append(
             f'<span class="tok" title="id {token_id}" style="background:{COLORS[i % len(COLORS)]};'
-            f'border-radius:2px">{_show(piece)}{label}</span>'
+            f'border-radius:2px">{shown}</span>'
         )
     n = sum(1 for t, _ in pieces if t is not None)
     return (
