@@ -579,9 +579,23 @@ def _run(cfg: TrainConfig, d: Dist, budget_s: Optional[float], on_step, on_eval)
                     group["lr"] = lr
                 loss_sum = torch.zeros((), device=device)
                 wait_s = 0.0
+                at_step_start = stream.state_dict()
                 for micro in range(cfg.grad_accum):
                     t_wait = time.perf_counter()
-                    batch = stream.next()
+                    try:
+                        batch = stream.next()
+                    except Exception:
+                        # Ctrl-C in a terminal reaches the DataLoader workers too, and a worker
+                        # that quits fails the batch being fetched. Nothing of this step has
+                        # touched the weights yet: save the state as of its start and stop.
+                        if stop.reason is None or d.on:
+                            raise
+                        optimizer.zero_grad(set_to_none=True)
+                        stream = DataStream(ds, cfg, d, **at_step_start)
+                        save()
+                        say(f"stopped at step {step} ({stop.reason}); checkpoint saved in "
+                            f"{str(out / ckpt.LATEST)!r}. Run the same command again to resume.")
+                        return out / ckpt.LATEST
                     wait_s += time.perf_counter() - t_wait
                     x = batch["input_ids"].to(device, non_blocking=True)
                     y = batch["targets"].to(device, non_blocking=True)

@@ -198,6 +198,24 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tiny_dataset, tmp_path):
     assert state["step"] == max(records(out, "train")) >= 2
 
 
+def test_ctrl_c_that_kills_a_data_worker_mid_fetch_still_saves(tiny_dataset, tmp_path, monkeypatch):
+    from mamba_nb.train import DataStream
+
+    real_next, calls = DataStream.next, []
+
+    def next_batch(self):  # the 3rd step's fetch: Ctrl-C arrives and the worker is gone
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            raise RuntimeError("DataLoader worker (pid 1) exited unexpectedly")
+        return real_next(self)
+
+    monkeypatch.setattr(DataStream, "next", next_batch)
+    train(small(tiny_dataset, tmp_path / "run", eval_every=100, save_every=100))
+    state = ckpt.load_training_state(tmp_path / "run" / "latest")
+    assert state["step"] == 2 and state["data"] == {"epoch": 0, "batches": 2}
+
+
 def test_failed_write_keeps_the_previous_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     cfg = small(tiny_dataset, tmp_path / "run", max_steps=2, eval_every=100, save_every=2)
     train(cfg)
