@@ -1,7 +1,7 @@
 """Infilling benchmarks: batched throughput, and "FIM for free".
 
     .venv/bin/python benchmarks/bench_infill.py throughput [--quick]
-    .venv/bin/python benchmarks/bench_infill.py fim-for-free [--budget-s 600] [--quick]
+    .venv/bin/python benchmarks/bench_infill.py fim-for-free [--budget-s 600 | --max-steps N] [--quick]
     .venv/bin/python benchmarks/bench_infill.py all
 
 throughput: holes filled per second by `infill` at batch 16 against one hole at a time, the
@@ -69,7 +69,7 @@ def throughput(quick: bool) -> dict:
     return out
 
 
-def fim_for_free(budget_s: float, quick: bool, tasks_n: int) -> dict:
+def fim_for_free(budget_s: float, quick: bool, tasks_n: int, max_steps=None) -> dict:
     from mamba_nb.checkpoint import list_snapshots
     from mamba_nb.config import course_train_config
     from mamba_nb.evaluate import _infill_all, _scores, line_tasks
@@ -81,12 +81,15 @@ def fim_for_free(budget_s: float, quick: bool, tasks_n: int) -> dict:
     base = course_train_config(smoke=False, root=str(ROOT))
     runs = {}
     for name, fim_rate in (("fim", base.fim_rate), ("no_fim", 0.0)):
-        cfg = replace(base, fim_rate=fim_rate, time_budget_s=budget_s, max_steps=None, resume=False,
-                      out_dir=str(ROOT / "runs" / f"bench_infill_{name}"))
-        print(f"training {name} (fim_rate={fim_rate}, {budget_s:.0f} s) → {cfg.out_dir}", flush=True)
+        # --max-steps: both runs see exactly the same tokens and schedule (a shared CPU's load
+        # makes equal time budgets unequal in tokens); otherwise the same time budget.
+        cfg = replace(base, fim_rate=fim_rate, time_budget_s=None if max_steps else budget_s, max_steps=max_steps,
+                      resume=False, out_dir=str(ROOT / "runs" / f"bench_infill_{name}"))
+        what = f"{max_steps} steps" if max_steps else f"{budget_s:.0f} s"
+        print(f"training {name} (fim_rate={fim_rate}, {what}) → {cfg.out_dir}", flush=True)
         runs[name] = train(cfg)
     docs = list(ds.documents("validation"))
-    out: dict = {"budget_s": budget_s}
+    out: dict = {"budget_s": None if max_steps else budget_s, "max_steps": max_steps}
     for name in runs:
         out_dir = ROOT / "runs" / f"bench_infill_{name}"
         snaps = list_snapshots(out_dir)
@@ -121,6 +124,8 @@ def main(argv=None) -> int:
     p.add_argument("part", choices=["throughput", "fim-for-free", "all"])
     p.add_argument("--quick", action="store_true", help="fewer holes; fim-for-free: 30 s budget, 40 lines")
     p.add_argument("--budget-s", type=float, default=None, help="training time per run (default: the course's)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="train both runs for exactly this many steps instead of a time budget")
     p.add_argument("--tasks", type=int, default=None, help="held-out lines to infill (default 200)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
@@ -131,7 +136,8 @@ def main(argv=None) -> int:
         from mamba_nb.config import course_train_config
 
         budget = args.budget_s or (30.0 if args.quick else course_train_config(smoke=False).time_budget_s)
-        out["fim_for_free"] = fim_for_free(budget, args.quick, args.tasks or (40 if args.quick else 200))
+        out["fim_for_free"] = fim_for_free(budget, args.quick, args.tasks or (40 if args.quick else 200),
+                                           args.max_steps)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

@@ -12,7 +12,6 @@ from mamba_nb.evaluate import (
     check_program,
     edit_similarity,
     evaluate,
-    evaluate_cli,
     exact_match,
     format_table,
     humaneval_problems,
@@ -109,11 +108,12 @@ def _checkpoint(tmp_path, tokenizer, context_len=64):
 
 def test_evaluate_reports_every_part_and_the_cli_writes_json(tmp_path, tiny_dataset, tiny_tokenizer, capsys):
     run = _checkpoint(tmp_path, tiny_tokenizer)
-    cfg = EvalConfig(checkpoint=str(run), dataset=str(tiny_dataset.path), num_line_tasks=4, num_loss_windows=0,
-                     max_line_tokens=8, humaneval_limit=3)
-    report = evaluate_cli(cfg)
-    saved = json.loads((run / "latest" / "eval.json").read_text())
-    assert saved == json.loads(json.dumps(report))
+    from mamba_nb.cli import main
+
+    rc = main(["evaluate", "--checkpoint", str(run), "--dataset", str(tiny_dataset.path), "--num-line-tasks", "4",
+               "--num-loss-windows", "0", "--max-line-tokens", "8", "--humaneval-limit", "3"])
+    assert rc == 0
+    report = json.loads((run / "latest" / "eval.json").read_text())
     assert report["context_len"] == 64
     assert report["line"]["tasks"] == 4
     for key in ("exact_match", "edit_similarity", "clean_rate"):
