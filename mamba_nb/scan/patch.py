@@ -21,9 +21,16 @@ actually reach the chosen path. A transformers release that renames or bypasses 
 therefore fails loudly here (and in tests/test_scan_contract.py) instead of silently falling
 back to the slow loop.
 
-Mamba-2 has no path of ours: HF's chunked PyTorch scan is already made of matmuls and was the
-fastest option measured (benchmarks/bench_scan.py), so "fast" and "auto" run it there and report
-"hf". What this module does not do: compile anything, install kernels, or change any weight.
+Supported: transformers 5.24 (tested). 5.15-5.23 have the same function names but not the same
+surroundings (5.15 fails tests/test_scan_contract.py: other cache field, other forward wrapper);
+5.0-5.14 have `MambaMixer.slow_forward` instead. Widen SUPPORTED_TRANSFORMERS only after running
+the contract tests on the new version.
+
+Mamba-2 has no path of ours: HF's chunked PyTorch scan is already made of matmuls and, on the
+course's tiny config, trains at about the same tokens per CPU-second as our Mamba-1 path
+(benchmarks/bench_train_cpu.py); a replacement was not attempted. "fast" and "auto" run HF's
+chunked scan there and report "hf". What this module does not do: compile anything, install
+kernels, or change any weight.
 """
 from __future__ import annotations
 

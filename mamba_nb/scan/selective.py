@@ -3,7 +3,7 @@
 What it computes (the same function as `mamba_ssm`'s `selective_scan_fn` and HF's reference loop,
 zero initial state):
 
-    dt[b,d,t]   = softplus(delta[b,d,t] + delta_bias[d])            (each optional)
+    dt[b,d,t]   = softplus(dt_in[b,d,t] + delta_bias[d])            (each step optional)
     h[b,d,n,t]  = exp(dt[b,d,t] * A[d,n]) * h[b,d,n,t-1] + dt[b,d,t] * u[b,d,t] * B[b,n,t]
     y[b,d,t]    = sum_n C[b,n,t] * h[b,d,n,t] + D[d] * u[b,d,t]
     out[b,d,t]  = y[b,d,t] * silu(z[b,d,t])                          (z optional)
