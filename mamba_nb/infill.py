@@ -29,6 +29,7 @@ score infills (see `evaluate.py`), or batch prompts from different calls.
 """
 from __future__ import annotations
 
+import codecs
 import math
 import sys
 import warnings
@@ -392,9 +393,11 @@ def infill_cli(cfg, prefix_file: str, suffix_file: str) -> InfillResult:
     from mamba_nb.model import resolve_checkpoint_dir
 
     prefix, suffix = _read(prefix_file), _read(suffix_file)
+    # `--stop '\n'` arrives as backslash + n from most shells: read escapes as Python would
+    stop = [codecs.decode(s, "unicode_escape") if "\\" in s else s for s in cfg.stop]
     model, tokenizer = load_for_infill(cfg.checkpoint)
     result = infill(model, tokenizer, prefix, suffix, mode=cfg.mode, max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature, top_p=cfg.top_p, stop=cfg.stop, best_of=cfg.best_of,
+                    temperature=cfg.temperature, top_p=cfg.top_p, stop=stop, best_of=cfg.best_of,
                     seed=cfg.seed, context_len=trained_context_len(resolve_checkpoint_dir(cfg.checkpoint)))
     sys.stdout.write(result.text)
     if not result.text.endswith("\n"):

@@ -191,6 +191,10 @@ def test_cli_prints_the_middle(tmp_path, tok, capsys):
                "--suffix-file", str(tmp_path / "suf.py"), "--max-new-tokens", "5"])
     assert rc == 0
     assert capsys.readouterr().out.startswith(expected)
+    one_line = infill(model, tok, HOLES[0][0], HOLES[0][1], max_new_tokens=5, stop=["\n", "e"]).text
+    main(["infill", "--checkpoint", str(ckpt), "--prefix-file", str(tmp_path / "pre.py"),
+          "--suffix-file", str(tmp_path / "suf.py"), "--max-new-tokens", "5", "--stop", "\\n", "e"])
+    assert capsys.readouterr().out == one_line + "\n"
     with pytest.raises(FileNotFoundError, match="nope.py"):
         main(["infill", "--checkpoint", str(ckpt), "--prefix-file", str(tmp_path / "nope.py"),
               "--suffix-file", str(tmp_path / "suf.py")])
