@@ -347,12 +347,22 @@ def open_notebook(page, server: LabServer, rel_path: str) -> None:
     # page of this server had open, and two notebooks would share the main area.
     workspace = "t" + secrets.token_hex(4)
     page.goto(server.url(f"lab/workspaces/{workspace}/tree/{rel_path}"), timeout=PAGE_LOAD_S * 1000)
-    page.wait_for_function(
-        f"() => {{ const s = ({_NOTEBOOK_STATE_JS})({json.dumps(rel_path)});"
-        " return s.ready && s.kernel === 'idle'; }",
-        timeout=KERNEL_READY_S * 1000,
-        polling=500,
-    )
+    try:
+        page.wait_for_function(
+            f"() => {{ const s = ({_NOTEBOOK_STATE_JS})({json.dumps(rel_path)});"
+            " return s.ready && s.kernel === 'idle'; }",
+            timeout=KERNEL_READY_S * 1000,
+            polling=500,
+        )
+    except Exception as e:  # say where it stuck: no app, no notebook, or no idle kernel
+        state = page.evaluate(_NOTEBOOK_STATE_JS, rel_path)
+        state.pop("cells", None)
+        dialogs = page.locator(".jp-Dialog").all_inner_texts()
+        raise TimeoutError(
+            f"{rel_path}: no idle kernel within {KERNEL_READY_S}s; page state {state}; "
+            f"dialogs open: {dialogs or 'none'} (a kernel-selection dialog means the notebook's "
+            f"kernelspec is not installed in {sys.prefix})\nserver log:\n{server.log_tail(30)}"
+        ) from e
 
 
 def notebook_state(page, rel_path: str) -> dict:

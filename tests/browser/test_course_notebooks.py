@@ -19,6 +19,7 @@ import html
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,107 @@ def course(lab, lab_tree):
         return f"course/notebooks/{name}"
 
     return stage
+
+
+# In the page: what the FIM widget's output shows right now (see mamba_nb/viz/fim.py).
+# Each rendered document piece is `.fim-sample[data-fim=psm|spm|none]`; the measurement is
+# `.fim-measured`, reading "measured FIM fraction: 0.87 (requested fim_rate 0.90; 40 of 46
+# document pieces transformed, 1 drawn but too short to fit; ...)".
+_FIM_VIEW_JS = """
+(el) => {
+  const samples = [...el.querySelectorAll('.fim-sample')].map(s => s.dataset.fim);
+  const m = el.querySelector('.fim-measured');
+  const text = m ? m.innerText : el.innerText;
+  const num = (re) => { const x = text.match(re); return x ? parseFloat(x[1]) : null; };
+  return {
+    samples,
+    fraction: num(/measured FIM fraction:\\s*([0-9]*\\.?[0-9]+)/i),
+    requested: num(/requested fim_rate\\s*([0-9]*\\.?[0-9]+)/i),
+    transformed: num(/([0-9]+) of [0-9]+ document pieces transformed/i),
+    pieces: num(/[0-9]+ of ([0-9]+) document pieces/i),
+    too_short: num(/([0-9]+) drawn but too short/i),
+    text,
+  };
+}
+"""
+
+
+def _fim_view(output) -> dict:
+    return output.evaluate(_FIM_VIEW_JS)
+
+
+def _wait_fim_view(page, output, ok, what: str) -> dict:
+    """Poll the widget's output until `ok(view)`; fail with the last view seen."""
+    deadline = time.monotonic() + WIDGET_UPDATE_S
+    view = _fim_view(output)
+    while not ok(view):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"after moving fim_rate: expected {what}; the widget shows samples "
+                f"data-fim={view['samples']} and reads:\n{view['text'][:1000]}"
+            )
+        page.wait_for_timeout(250)
+        view = _fim_view(output)
+    return view
+
+
+def _interact_output(s):
+    """The output area an `interact` draws into: the `.widget-output` next to the slider."""
+    return s.locator("xpath=ancestor::div[contains(@class,'widget-interact')][1]").locator(".widget-output").first
+
+
+def test_fim_rate_slider_in_jupyterlab(page, lab, course):
+    path = course(NB03)
+    open_notebook(page, lab, path)
+    collapse_side_panels(page)
+    run_all(page, path, timeout_s=RUN_ALL_S)
+
+    # The widget front-end is there: a slider, not the repr a widget-less front-end prints.
+    s = slider(page, "fim_rate")
+    assert s.locator(".noUi-handle").count() == 1
+    shown = page.locator(".jp-Notebook .jp-OutputArea-output").all_inner_texts()
+    reprs = [t[:200] for t in shown if re.search(r"\b(Float|Int)Slider\(", t)]
+    assert not reprs, f"widgets rendered as text, the widget front-end is missing: {reprs}"
+
+    output = _interact_output(s)
+    start = _fim_view(output)
+    assert start["samples"] and start["fraction"] is not None, (
+        "the fim_rate widget shows no `.fim-sample` elements or no measured FIM fraction; it reads:\n"
+        + output.inner_text()[:1500]
+    )
+
+    # fim_rate 0: no piece is drawn for FIM, so none is transformed and the fraction is 0.
+    assert move_slider(page, s, "min") == 0.0, "fim_rate's slider should start at 0"
+    at0 = _wait_fim_view(
+        page, output,
+        lambda v: v["requested"] == 0.0 and v["samples"]
+        and all(k == "none" for k in v["samples"]) and v["fraction"] == 0.0 and v["transformed"] == 0,
+        "requested fim_rate 0.00, every sample data-fim=none, measured FIM fraction 0.00",
+    )
+    screenshot(widget_cell(page, ".widget-slider"), "03_fim_rate_0")
+
+    # fim_rate 1: every piece is drawn; each is PSM or SPM unless it is too short to fit
+    # once transformed (a piece of a few tokens stays as it was, and the widget says how many).
+    assert move_slider(page, s, "max") == 1.0, "fim_rate's slider should end at 1"
+    at1 = _wait_fim_view(
+        page, output,
+        lambda v: v["requested"] == 1.0 and v["fraction"] is not None and v["samples"],
+        "requested fim_rate 1.00",
+    )
+    screenshot(widget_cell(page, ".widget-slider"), "03_fim_rate_1")
+    untransformed = [k for k in at1["samples"] if k not in ("psm", "spm")]
+    assert set(untransformed) <= {"none"}, at1["samples"]
+    assert at1["transformed"] + at1["too_short"] == at1["pieces"], (
+        f"at fim_rate 1 every piece must be drawn; the widget reads:\n{at1['text']}"
+    )
+    assert len(untransformed) <= at1["too_short"], (
+        f"at fim_rate 1, {len(untransformed)} shown samples are untransformed but only "
+        f"{at1['too_short']} pieces were too short to fit; the widget reads:\n{at1['text']}"
+    )
+    # The printed fraction is the count it reports, and it follows the slider:
+    # 0 at 0, at 1 the most (raising fim_rate transforms a superset of the pieces).
+    assert abs(at1["fraction"] - at1["transformed"] / at1["pieces"]) <= 0.005 + 1e-9
+    assert at0["fraction"] == 0.0 <= start["fraction"] <= at1["fraction"]
 
 
 # Distinctive so the test can tell its own prompt from the notebook's default one.
@@ -118,7 +220,7 @@ def test_infill_widget_in_jupyterlab(page, lab, course):
     button.click()
 
     try:
-        result.wait_for(state="attached", timeout=RUN_ALL_S * 1000)
+        result.wait_for(state="attached", timeout=WIDGET_UPDATE_S * 1000)
     except Exception as e:
         raise AssertionError(
             f"no `.infill-result` in the widget after pressing Infill; it shows:\n{output.inner_text()[:1500]}"
