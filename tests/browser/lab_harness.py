@@ -168,12 +168,15 @@ class LabServer:
         return json.loads(body) if body else None
 
     @classmethod
-    def start(cls, root: Path, state_dir: Path, extra_env: dict[str, str] | None = None) -> "LabServer":
+    def start(cls, root: Path, state_dir: Path, extra_env: dict[str, str] | None = None,
+              disabled_extensions: tuple[str, ...] = ()) -> "LabServer":
         """Start JupyterLab on 127.0.0.1 with a random port and token, serving `root`.
 
         Config, data, runtime and settings dirs all live in `state_dir`, so the learner's
         own Jupyter setup (and any other server) neither leaks in nor gets written to.
         `extra_env` reaches the kernels too (they inherit the server's environment).
+        `disabled_extensions` (JupyterLab extension names) are switched off in this server's
+        page config only; a test uses it to see a front-end without the widget manager.
         """
         token = secrets.token_hex(24)
         port = free_port()
@@ -181,6 +184,12 @@ class LabServer:
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         _write_lab_settings(dirs["settings"])
+        if disabled_extensions:
+            labconfig = dirs["config"] / "labconfig"
+            labconfig.mkdir(parents=True, exist_ok=True)
+            (labconfig / "page_config.json").write_text(
+                json.dumps({"disabledExtensions": {name: True for name in disabled_extensions}})
+            )
         env = dict(os.environ)
         env.update(
             JUPYTER_CONFIG_DIR=str(dirs["config"]),
@@ -561,3 +570,19 @@ def kernel_exec(page, rel_path: str, code: str, timeout_s: float = WIDGET_UPDATE
     if res["error"]:
         raise AssertionError(f"kernel check failed in {rel_path}: {res['error']}\n{code}")
     return res["out"]
+
+
+def assert_widgets_rendered(page, slider_locator=None) -> None:
+    """JupyterLab's widget front-end drew the notebook's widgets: a slider is real DOM
+    (a noUiSlider handle), and no output shows the text repr (`IntSlider(...)`,
+    `interactive(children=...`) that a front-end without the widget manager prints instead."""
+    import re
+
+    shown = page.locator(".jp-Notebook .jp-OutputArea-output").all_inner_texts()
+    reprs = [t[:200] for t in shown if re.search(r"\b(Float|Int)Slider\(|\binteractive\(children=", t)]
+    assert not reprs, (
+        "widgets were rendered as text: JupyterLab's widget front-end (jupyterlab_widgets) is missing "
+        f"or failed to load: {reprs}"
+    )
+    target = slider_locator if slider_locator is not None else page.locator(".jupyter-widgets.widget-slider")
+    assert target.locator(".noUi-handle").count() >= 1, "no rendered slider (.widget-slider .noUi-handle) in the page"

@@ -5,10 +5,16 @@ notebook's or the harness's (JupyterLab, Chromium, the widget front-end, the ker
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import nbformat
 import pytest
 
 from lab_harness import (
+    LabServer,
+    assert_widgets_rendered,
     all_output_text,
     collapse_side_panels,
     move_slider,
@@ -65,11 +71,26 @@ def test_slider_drives_output_and_smoke_env(page, lab, scratch_good):
 def test_widget_front_end_renders_a_slider_not_its_repr(page, lab, scratch_good):
     open_notebook(page, lab, scratch_good)
     run_all(page, scratch_good, timeout_s=90)
-    # JupyterLab's widget manager (jupyterlab_widgets) turned the model into DOM...
-    assert page.locator(".jupyter-widgets.widget-slider .noUi-handle").count() == 1
-    # ...and did not fall back to the text repr a front-end without widgets shows.
-    shown = page.locator(".jp-Notebook .jp-OutputArea-output").all_inner_texts()
-    assert not any("IntSlider(" in t for t in shown), shown
+    assert_widgets_rendered(page)
+
+
+@pytest.fixture
+def lab_without_widget_manager(lab_tree, playwright_instance):
+    """A second server, identical but for JupyterLab's widget manager switched off."""
+    state = Path(tempfile.mkdtemp(prefix="mamba-nb-jupyter-"))
+    server = LabServer.start(lab_tree, state, disabled_extensions=("@jupyter-widgets/jupyterlab-manager",))
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_front_end_check_catches_a_missing_widget_manager(page, lab_without_widget_manager, scratch_good):
+    open_notebook(page, lab_without_widget_manager, scratch_good)
+    run_all(page, scratch_good, timeout_s=90)
+    with pytest.raises(AssertionError, match=r"rendered as text.*IntSlider\("):
+        assert_widgets_rendered(page)
 
 
 def test_harness_catches_a_callback_wired_to_nothing(page, lab, lab_tree):
