@@ -70,13 +70,16 @@ def playwright_instance(chromium_executable):
 def browser_context(playwright_instance, chromium_executable, tmp_path_factory):
     """A fresh Chromium profile that can reach only 127.0.0.1 (every other request is aborted)."""
     profile = tmp_path_factory.mktemp("chromium-profile")
-    context = playwright_instance.chromium.launch_persistent_context(
-        user_data_dir=str(profile),
-        executable_path=chromium_executable,
-        headless=True,
-        args=CHROMIUM_ARGS,
-        viewport={"width": 1400, "height": 1000},
-    )
+    try:
+        context = playwright_instance.chromium.launch_persistent_context(
+            user_data_dir=str(profile),
+            executable_path=chromium_executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+    except Exception as e:  # a browser that is there but cannot start (missing libraries, ...)
+        _unavailable(f"Chromium at {chromium_executable} did not start: {str(e).splitlines()[0]}")
 
     def only_local(route):
         url = route.request.url
@@ -126,8 +129,8 @@ def lab_tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lab(lab_tree, playwright_instance):
-    # (playwright_instance first: without a browser the test skips before a server starts)
+def lab(lab_tree, browser_context):
+    # (browser_context first: without a working browser the test skips before a server starts)
     """A JupyterLab serving `lab_tree`; always stopped, kernels included, even on failure."""
     state = Path(tempfile.mkdtemp(prefix="mamba-nb-jupyter-"))
     server = None

@@ -75,7 +75,7 @@ def test_widget_front_end_renders_a_slider_not_its_repr(page, lab, scratch_good)
 
 
 @pytest.fixture
-def lab_without_widget_manager(lab_tree, playwright_instance):
+def lab_without_widget_manager(lab_tree, browser_context):
     """A second server, identical but for JupyterLab's widget manager switched off."""
     state = Path(tempfile.mkdtemp(prefix="mamba-nb-jupyter-"))
     server = LabServer.start(lab_tree, state, disabled_extensions=("@jupyter-widgets/jupyterlab-manager",))
