@@ -107,10 +107,21 @@ def peak_rss(path: str, context: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
 
+def hf_comparison(batch: int) -> tuple[float, float]:
+    """Tokens/s of fast and of HF's default fallback at batch x CONTEXT: one HF step, after a fast one."""
+    short = {p: build(p) for p in ("hf", "fast")}
+    short_steps = {p: make_step(m, CONTEXT, batch=batch) for p, m in short.items()}
+    short_steps["fast"]()  # warm-up
+    tps = {p: batch * CONTEXT / short_steps[p]()[0] for p in ("fast", "hf")}
+    return tps["fast"], tps["hf"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps; a shorter HF-loop comparison")
     ap.add_argument("--threads", type=int, default=THREADS, help="torch threads (the course setting: 2)")
+    ap.add_argument("--hf-batch", type=int, help="batch for the HF-fallback comparison (default 8, 1 with --quick)")
+    ap.add_argument("--only-hf", action="store_true", help="only the HF-fallback comparison")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--context", type=int, default=CONTEXT, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -118,13 +129,22 @@ def main() -> None:
         child(args.child, args.context, steps=2, threads=args.threads)
         return
     sys.stdout.reconfigure(line_buffering=True)
+    try:  # without it HF's use_mambapy=True silently runs its slow loop instead
+        import mambapy  # noqa: F401
+    except ImportError:
+        sys.exit("the mambapy baseline needs the `mambapy` package: .venv/bin/pip install mambapy")
     torch.set_num_threads(args.threads)
     rounds = 3 if args.quick else 5
-    # HF's default fallback has an O(L^2) backward (~150 s a step at 8 x 256 here): compare it at
-    # the full context but batch 1, fast measured at the same shape.
-    hf_batch = 1
+    # HF's default fallback has an O(L^2) backward (~150 s a step at 8 x 256 here, one step is
+    # enough); --quick compares at batch 1 instead (same context, fast measured at the same shape).
+    hf_batch = args.hf_batch or (1 if args.quick else BATCH)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH} x {CONTEXT}, fp32")
+    if args.only_hf:
+        fast, hf = hf_comparison(hf_batch)
+        print(f"HF default fallback: fast {fast:.0f} vs hf {hf:.1f} tokens/s at batch {hf_batch} x {CONTEXT}: "
+              f"{fast / hf:.1f}x (target >= 100x)")
+        return
     gflops = [sgemm_gflops()]
     paths = ["fast", "mambapy", "mamba2-tied", "mamba2-untied"]
     models = {p: build(p) for p in paths}
@@ -143,15 +163,7 @@ def main() -> None:
     tps = {p: BATCH * CONTEXT / statistics.median(times[p]) for p in paths}
     tpc = {p: BATCH * CONTEXT / statistics.median(cpu[p]) for p in paths}  # tokens per CPU-second
 
-    # HF's default fallback vs fast at batch 1 x 256 (stated), interleaved
-    short = {p: build(p) for p in ("hf", "fast")}
-    short_steps = {p: make_step(m, CONTEXT, batch=hf_batch) for p, m in short.items()}
-    short_times: dict[str, list[float]] = {p: [] for p in short}
-    short_steps["fast"]()
-    for _ in range(1):  # one HF step is ~100 s on busy cores
-        for p in short:
-            short_times[p].append(short_steps[p]()[0])
-    short_tps = {p: hf_batch * CONTEXT / statistics.median(t) for p, t in short_times.items()}
+    short_tps = dict(zip(("fast", "hf"), hf_comparison(hf_batch)))
 
     rss = {p: peak_rss(p, CONTEXT) for p in ("fast", "mambapy", "mamba2-untied")}
 
@@ -172,7 +184,6 @@ def main() -> None:
     print(f"peak RSS of a training step: fast {rss['fast']:.0f} MiB, mambapy {rss['mambapy']:.0f} MiB "
           f"(ratio {rss['fast'] / rss['mambapy']:.2f}, target <= 2), mamba2 {rss['mamba2-untied']:.0f} MiB")
     raw = {p: [round(t, 3) for t in v] for p, v in times.items()}
-    raw.update({f"{p}@batch={hf_batch}": [round(t, 3) for t in v] for p, v in short_times.items()})
     print("raw step times (s):", json.dumps(raw))
 
 
