@@ -197,23 +197,25 @@ def selective_scan(
             f"{tuple(B.shape)} and C {tuple(C.shape)} (variable-group or time-invariant B/C are not supported)"
         )
     compute = torch.promote_types(hidden_states.dtype, torch.float32)
-    dt = dt.to(compute)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    uc = hidden_states.to(compute)
 
     def time_major(t):  # (batch, X, L) -> (L, batch, X), contiguous for per-step slices
-        return t.to(compute).permute(2, 0, 1).contiguous()
+        return t.permute(2, 0, 1).to(compute).contiguous()
 
-    y, last = _Recurrence.apply(time_major(dt), time_major(uc), A.to(compute).contiguous(),
-                                time_major(B), time_major(C))
-    out = y.permute(1, 2, 0)  # (batch, D, L)
+    # Everything around the recurrence also runs time-major on contiguous tensors: mixing the
+    # (batch, D, L) views HF passes with permuted ones made these few elementwise ops (and their
+    # backward) cost over half as much as the scan itself.
+    dt = time_major(dt)  # (L, batch, D)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(compute)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    x = time_major(hidden_states)
+    y, last = _Recurrence.apply(dt, x, A.to(compute).contiguous(), time_major(B), time_major(C))
     if D is not None:
-        out = out + uc * D.to(compute)[:, None]
+        y = torch.addcmul(y, x, D.to(compute))
     if z is not None:
-        out = out * F.silu(z.to(compute))
+        y = y * F.silu(time_major(z))
+    out = y.permute(1, 2, 0)  # (batch, D, L), a view: HF transposes it back to (batch, L, D)
     if return_last_state:
         return out, last
     return out
