@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_harness import (
+from .lab_harness import (
     CHROMIUM_ARGS,
     ENABLE_HINT,
     LabServer,

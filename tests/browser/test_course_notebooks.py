@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_harness import (
+from .lab_harness import (
     REPO,
     WIDGET_UPDATE_S,
     assert_widgets_rendered,

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lab_harness import (
+from .lab_harness import (
     LabServer,
     assert_widgets_rendered,
     all_output_text,
