@@ -95,7 +95,8 @@ def stage_tree(dest: Path, notebooks: dict[str, Path]) -> Path:
     """
     dest.mkdir(parents=True, exist_ok=True)
     for entry in REPO.iterdir():
-        if entry.name in ("notebooks", ".git", ".venv", "test-output") or entry.name.startswith("."):
+        # (dot entries: .git, .venv, .ci are not what a notebook reads)
+        if entry.name in ("notebooks", "test-output") or entry.name.startswith("."):
             continue
         link = dest / entry.name
         if not link.exists():
@@ -116,6 +117,8 @@ def _descendants(pid: int) -> list[int]:
     """Every live process below `pid`, from /proc (kernels run in their own session,
     so killing the server's process group alone would leave them behind)."""
     children: dict[int, list[int]] = {}
+    if not Path("/proc").is_dir():  # macOS: the server's own shutdown has to do
+        return []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
