@@ -2,6 +2,8 @@
 
 Function level (property-based): random shapes, including length 1, lengths that are not powers
 of two, and lengths far past anything a chunked scan would use; random dt, A, B, C, D, z.
+Relative error (norm-wise) <= 1e-5 in float32, except for an ill-conditioned gradient, which may be
+off by at most 4x HF's own float32 run (see the test).
 Model level: a tiny MambaForCausalLM patched with scan="fast" in float32 against a float64 copy
 on scan="hf": logits, the cached final states, and the gradient of every parameter.
 """
@@ -88,12 +90,17 @@ def test_scan_matches_float64_reference(batch, d, n, length, with_d, with_z, wit
 
     out, last, grads = run_scan(selective_scan, inputs, torch.float32, softplus, grad_out, grad_last)
     ref_out, ref_last, ref_grads = run_scan(hf_reference_scan(), inputs, torch.float64, softplus, grad_out, grad_last)
+    _, _, hf32_grads = run_scan(hf_reference_scan(), inputs, torch.float32, softplus, grad_out, grad_last)
 
     assert out.dtype == torch.float32 and last.shape == (batch, d, n)
     assert rel_err(out, ref_out) <= TOL
     assert rel_err(last, ref_last) <= TOL
     for name, ref in ref_grads.items():
-        assert rel_err(grads[name], ref) <= TOL, f"gradient of {name}"
+        # A gradient that is a sum of cancelling terms (delta_bias with d=1: one number summed over
+        # batch and time) cannot be 1e-5-accurate in float32 by anyone: HF's own float32 loop was
+        # seen 7e-5 off there. Such a gradient may be off by at most 4x HF's own float32 error.
+        allowed = max(TOL, 4 * rel_err(hf32_grads[name], ref))
+        assert rel_err(grads[name], ref) <= allowed, f"gradient of {name}"
 
 
 def test_scan_without_last_state_and_without_grad_returns_the_same_output():
