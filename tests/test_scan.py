@@ -66,7 +66,7 @@ def run_scan(fn, inputs, dtype, softplus, grad_out, grad_last):
     return out, last, dict(zip(leaves, grads))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 3),
     d=st.integers(1, 6),
