@@ -7,6 +7,7 @@ imports happen inside each command so `--help` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Optional
 
@@ -71,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _is_user_error(e: Exception) -> bool:
+    """Bad input rather than a bug: a bad value (ValueError), a missing path, or one of the
+    project's own errors (DatasetError, CheckpointError, TrainingError, ...)."""
+    return isinstance(e, (ValueError, FileNotFoundError)) or type(e).__module__.startswith("mamba_nb.")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -78,4 +85,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
+        # These carry a message that names the bad value and what to do; a traceback
+        # would bury it. MAMBA_NB_TRACEBACK=1 shows it anyway (for bug reports).
+        if os.environ.get("MAMBA_NB_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -146,4 +146,5 @@ def test_cli_subprocess_help_and_error(tmp_path):
         [sys.executable, "-m", "mamba_nb", "build-dataset", "--source", "dir", "--path", str(tmp_path), "--out-dir", str(tmp_path / "o")],
         capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode != 0 and str(tmp_path) in proc.stderr and "**/*.py" in proc.stderr
+    assert proc.returncode == 2 and str(tmp_path) in proc.stderr and "**/*.py" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")

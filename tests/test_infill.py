@@ -195,6 +195,7 @@ def test_cli_prints_the_middle(tmp_path, tok, capsys):
     main(["infill", "--checkpoint", str(ckpt), "--prefix-file", str(tmp_path / "pre.py"),
           "--suffix-file", str(tmp_path / "suf.py"), "--max-new-tokens", "5", "--stop", "\\n", "e"])
     assert capsys.readouterr().out == one_line + "\n"
-    with pytest.raises(FileNotFoundError, match="nope.py"):
-        main(["infill", "--checkpoint", str(ckpt), "--prefix-file", str(tmp_path / "nope.py"),
-              "--suffix-file", str(tmp_path / "suf.py")])
+    # a missing file is bad input: one line naming it, exit status 2, no traceback
+    rc = main(["infill", "--checkpoint", str(ckpt), "--prefix-file", str(tmp_path / "nope.py"),
+               "--suffix-file", str(tmp_path / "suf.py")])
+    assert rc == 2 and "nope.py" in capsys.readouterr().err
