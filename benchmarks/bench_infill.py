@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_infill.py throughput [--quick]
     .venv/bin/python benchmarks/bench_infill.py fim-for-free [--budget-s 600 | --max-steps N] [--quick]
+    .venv/bin/python benchmarks/bench_infill.py fim-for-free --fim-run runs/course   # after `make course`
     .venv/bin/python benchmarks/bench_infill.py all
 
 throughput: holes filled per second by `infill` at batch 16 against one hole at a time, the
@@ -69,8 +70,8 @@ def throughput(quick: bool) -> dict:
     return out
 
 
-def fim_for_free(budget_s: float, quick: bool, tasks_n: int, max_steps=None) -> dict:
-    from mamba_nb.checkpoint import list_snapshots
+def fim_for_free(budget_s: float, quick: bool, tasks_n: int, max_steps=None, fim_run=None) -> dict:
+    from mamba_nb.checkpoint import list_snapshots, load_training_state
     from mamba_nb.config import course_train_config
     from mamba_nb.evaluate import _infill_all, _scores, line_tasks
     from mamba_nb.infill import trained_context_len
@@ -79,28 +80,37 @@ def fim_for_free(budget_s: float, quick: bool, tasks_n: int, max_steps=None) -> 
 
     ds = _dataset()
     base = course_train_config(smoke=False, root=str(ROOT))
+    run_dirs = {name: ROOT / "runs" / f"bench_infill_{name}" for name in ("fim", "no_fim")}
+    todo = [("fim", base.fim_rate), ("no_fim", 0.0)]
+    if fim_run:
+        # an existing course run (`make course`) is the FIM model; the no-FIM run repeats its
+        # schedule step for step: the same length fixes the same warmup and cosine
+        run_dirs["fim"] = Path(fim_run)
+        state = load_training_state(Path(fim_run) / "latest")
+        max_steps = max_steps or state["step"]
+        print(f"FIM model: {fim_run} (step {state['step']}, fim_rate {state['config']['fim_rate']})", flush=True)
+        todo = todo[1:]
     runs = {}
-    for name, fim_rate in (("fim", base.fim_rate), ("no_fim", 0.0)):
+    for name, fim_rate in todo:
         # --max-steps: both runs see exactly the same tokens and schedule (a shared CPU's load
         # makes equal time budgets unequal in tokens); otherwise the same time budget.
         cfg = replace(base, fim_rate=fim_rate, time_budget_s=None if max_steps else budget_s, max_steps=max_steps,
-                      resume=False, out_dir=str(ROOT / "runs" / f"bench_infill_{name}"))
+                      resume=False, out_dir=str(run_dirs[name]))
         what = f"{max_steps} steps" if max_steps else f"{budget_s:.0f} s"
         print(f"training {name} (fim_rate={fim_rate}, {what}) → {cfg.out_dir}", flush=True)
         runs[name] = train(cfg)
     docs = list(ds.documents("validation"))
     out: dict = {"budget_s": None if max_steps else budget_s, "max_steps": max_steps}
-    for name in runs:
-        out_dir = ROOT / "runs" / f"bench_infill_{name}"
+    for name, out_dir in run_dirs.items():
         snaps = list_snapshots(out_dir)
         last = snaps[-1] if snaps else {}
         out[f"{name}_val_loss"] = last.get("val_loss")
         out[f"{name}_tokens_seen"] = last.get("tokens_seen")
     results = {}
     for name, mode in (("fim", "psm"), ("fim", "lm"), ("no_fim", "lm")):
-        model, tok = load_checkpoint(ROOT / "runs" / f"bench_infill_{name}")
+        model, tok = load_checkpoint(run_dirs[name])
         tasks = line_tasks(docs, tasks_n, seed=0, tokenizer=tok)
-        ctx = trained_context_len(ROOT / "runs" / f"bench_infill_{name}")
+        ctx = trained_context_len(run_dirs[name])
         res = _infill_all(model, tok, tasks, mode, ctx, f"{name} {mode}", progress=False)
         results[f"{name} model, {'FIM prompt' if mode == 'psm' else 'prefix-only'}"] = _scores(tasks, res)
     out["line"] = results
@@ -126,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=None, help="training time per run (default: the course's)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="train both runs for exactly this many steps instead of a time budget")
+    p.add_argument("--fim-run", help="an existing course run (e.g. runs/course) to use as the FIM model; "
+                   "only the no-FIM run is trained, for as many steps")
     p.add_argument("--tasks", type=int, default=None, help="held-out lines to infill (default 200)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
@@ -137,7 +149,7 @@ def main(argv=None) -> int:
 
         budget = args.budget_s or (30.0 if args.quick else course_train_config(smoke=False).time_budget_s)
         out["fim_for_free"] = fim_for_free(budget, args.quick, args.tasks or (40 if args.quick else 200),
-                                           args.max_steps)
+                                           args.max_steps, args.fim_run)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

@@ -61,7 +61,10 @@ class WindowConfig:
 class ModelConfig:
     """Which Mamba, how big, from scratch or from a checkpoint (notebook 04)."""
 
-    arch: str = "mamba"  # "mamba" (Mamba-1) | "mamba2"
+    # "mamba" (Mamba-1) | "mamba2". Mamba-1 is the course default: on the fast PyTorch scan it
+    # learns as much as Mamba-2 in the CPU budget (README, "Benchmarks"), and it is the
+    # architecture of the original project and of the state-spaces/mamba-*-hf checkpoints.
+    arch: str = "mamba"
     preset: str = "tiny"  # "tiny" | "130m" | "370m" | "790m" | "1.4b" | "2.8b"
     pretrained: Optional[str] = None  # a hub id or local directory to fine-tune
     scan: str = "auto"  # "auto" | "kernels" | "fast" | "hf": which selective-scan path
@@ -204,4 +207,15 @@ def course_train_config(smoke: bool = SMOKE, root: str = ".") -> TrainConfig:
             max_steps=6, time_budget_s=None, warmup_steps=2, eval_every=3, eval_windows=4, save_every=3,
             num_workers=0,
         )
-    return TrainConfig(dataset=data.out_dir, out_dir=f"{root}/{DEFAULT_RUN_DIR}")
+    # a validation (and a snapshot for notebook 05's curve) about every minute of the course run
+    return TrainConfig(dataset=data.out_dir, out_dir=f"{root}/{DEFAULT_RUN_DIR}", eval_every=100)
+
+
+def course_eval_config(smoke: bool = SMOKE, root: str = ".") -> EvalConfig:
+    """What `make course` measures after training: held-out lines and a sample of HumanEval's
+    single-line tasks (all 1,000+ take long on CPU: `python -m mamba_nb evaluate` runs them)."""
+    run = course_train_config(smoke, root)
+    if smoke:
+        return EvalConfig(checkpoint=run.out_dir, dataset=run.dataset, num_line_tasks=6, num_loss_windows=4,
+                          humaneval_limit=4)
+    return EvalConfig(checkpoint=run.out_dir, dataset=run.dataset, humaneval_limit=200)

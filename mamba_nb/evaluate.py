@@ -115,7 +115,9 @@ def humaneval_problems() -> list[dict]:
 
 
 def humaneval_tasks(problems: Sequence[dict], limit: Optional[int] = None) -> list[tuple[LineTask, dict]]:
-    """Each non-blank line of each canonical solution masked in turn (prefix includes the prompt)."""
+    """Each non-blank line of each canonical solution masked in turn (prefix includes the prompt).
+
+    `limit`: that many tasks spread evenly over all of them (not the first problems only)."""
     out = []
     for problem in problems:
         program = problem["prompt"] + problem["canonical_solution"]
@@ -125,8 +127,8 @@ def humaneval_tasks(problems: Sequence[dict], limit: Optional[int] = None) -> li
                 continue
             prefix, middle, suffix = mask_line(program, i)
             out.append((LineTask(prefix, middle, suffix, f"{problem['task_id']}:{i + 1}"), problem))
-            if limit is not None and len(out) >= limit:
-                return out
+    if limit is not None and limit < len(out):
+        out = [out[k * len(out) // limit] for k in range(limit)]
     return out
 
 
@@ -214,7 +216,8 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
     report["line"] = {"tasks": len(tasks), "fim": _scores(tasks, fim_results), "prefix_only": _scores(tasks, lm_results)}
     report["line"]["prefix_only"].pop("clean_rate")  # a left-to-right prompt has no middle to end
     report["examples"] = [
-        {"source": t.source, "truth": t.middle, "fim": f.text, "prefix_only": p.text}
+        {"source": t.source, "before": t.prefix.rstrip("\n").rsplit("\n", 1)[-1], "truth": t.middle, "fim": f.text,
+         "prefix_only": p.text, "after": t.suffix.lstrip("\n").split("\n", 1)[0]}
         for t, f, p in list(zip(tasks, fim_results, lm_results))[:10]
     ]
 
@@ -239,9 +242,13 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
 
 
 def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, mode: str = "psm",
-                    progress: bool = False, max_line_tokens: int = MAX_LINE_TOKENS) -> list[dict]:
-    """Single-line scores (FIM prompt) of every snapshot of a run, against the tokens it had seen:
-    dicts with step, tokens_seen, exact_match, edit_similarity, clean_rate (notebook 05's curve)."""
+                    progress: bool = False, max_line_tokens: int = MAX_LINE_TOKENS,
+                    max_snapshots: Optional[int] = None) -> list[dict]:
+    """Single-line scores (FIM prompt) of the snapshots of a run, against the tokens it had seen:
+    dicts with step, tokens_seen, exact_match, edit_similarity, clean_rate (notebook 05's curve).
+
+    `max_snapshots`: score only that many, spread evenly and always including the last (each
+    snapshot costs `num_line_tasks` infills)."""
     from mamba_nb.checkpoint import list_snapshots
     from mamba_nb.dataset import TokenDataset, open_dataset
     from mamba_nb.infill import trained_context_len
@@ -252,6 +259,10 @@ def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, m
     if not snapshots:
         raise FileNotFoundError(f"no snapshots in {str(Path(run_dir) / 'snapshots')!r}; train first "
                                 "(`python -m mamba_nb train --out-dir ...`, or notebook 04)")
+    if max_snapshots is not None and 0 < max_snapshots < len(snapshots):
+        last = len(snapshots) - 1
+        snapshots = [snapshots[round(k * last / (max_snapshots - 1))] for k in range(max_snapshots)] \
+            if max_snapshots > 1 else snapshots[-1:]
     docs = list(ds.documents("validation"))
     points = []
     for snap in snapshots:
@@ -281,6 +292,23 @@ def format_table(report: dict) -> str:
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
 
+def format_examples(report: dict, n: int = 3) -> str:
+    """The first `n` held-out holes of a report: the line above, the truth and the infills
+    (FIM prompt and prefix only) one under the other, and the line below."""
+    blocks = []
+    for ex in report.get("examples", [])[:n]:
+        mark = "exact" if exact_match(ex["fim"], ex["truth"]) else f"edit similarity {edit_similarity(ex['fim'].strip(), ex['truth'].strip()):.2f}"
+        blocks.append("\n".join([
+            f"--- {ex['source']} ({mark})",
+            f"  above        | {ex['before']}",
+            f"  truth        | {ex['truth']}",
+            f"  FIM infill   | {ex['fim']}",
+            f"  prefix only  | {ex['prefix_only']}",
+            f"  below        | {ex['after']}",
+        ]))
+    return "\n".join(blocks)
+
+
 def evaluate_cli(cfg: EvalConfig) -> dict:
     """`python -m mamba_nb evaluate`: run `evaluate`, write the JSON, print the table."""
     report = evaluate(cfg.checkpoint, cfg.dataset, cfg)
@@ -296,4 +324,5 @@ def evaluate_cli(cfg: EvalConfig) -> dict:
 
 
 __all__ = ["LineTask", "levenshtein", "edit_similarity", "exact_match", "mask_line", "line_tasks",
-           "humaneval_problems", "humaneval_tasks", "check_program", "evaluate", "snapshot_scores", "format_table", "evaluate_cli"]
+           "humaneval_problems", "humaneval_tasks", "check_program", "evaluate", "snapshot_scores", "format_table",
+           "format_examples", "evaluate_cli"]

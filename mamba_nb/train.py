@@ -109,12 +109,10 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: Optional[int]) -> float:
 def estimate_total_steps(cfg: TrainConfig, done: int, elapsed_s: float, step_s: float) -> int:
     """Steps that fit `time_budget_s`, given `done` steps in `elapsed_s` and `step_s` per step.
 
-    Validation costs time too: each one runs 2 x eval_windows windows forward, about a
-    third of a training step per batch of windows.
+    The budget counts training steps only (`elapsed_s` is their sum): validations and
+    checkpoints come on top, so they never shorten the schedule.
     """
-    eval_s = step_s / 3 * 2 * math.ceil(cfg.eval_windows / cfg.batch_size) / cfg.grad_accum
-    per_step = step_s + eval_s / max(1, cfg.eval_every)
-    return max(done + 1, done + int((cfg.time_budget_s - elapsed_s) / per_step))
+    return max(done + 1, done + int((cfg.time_budget_s - elapsed_s) / step_s))
 
 
 def fim_loss_targets(targets: torch.Tensor, middle_mask: torch.Tensor) -> torch.Tensor:
@@ -565,9 +563,26 @@ def _run(cfg: TrainConfig, d: Dist, budget_s: Optional[float], on_step, on_eval)
         if on_eval is not None:
             on_eval(record, model)
 
+    def size_schedule(since: tuple[int, float], note: str = "") -> None:
+        """Fix `total_steps` from the pace of the steps after `since` = (step, elapsed_s)."""
+        nonlocal total_steps
+        n = step - since[0]
+        per = (elapsed_s - since[1]) / n if n > 0 else step_s  # nothing timed yet: this step's time
+        estimate = estimate_total_steps(cfg, step, elapsed_s, per)
+        if d.on:  # every rank must run the same schedule: the slowest one's
+            t = torch.tensor([float(estimate)], device=device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+            estimate = int(t.item())
+        total_steps = estimate
+        bar.total = total_steps
+        bar.refresh()
+        say(f"time budget {budget_s:.0f} s at {per:.3f} s/step: a schedule of {total_steps} steps{note}")
+
     bar = tqdm(total=total_steps, initial=step, disable=not d.main, desc="train", dynamic_ncols=True)
     probe_end = max(1, min(cfg.warmup_steps, TIME_PROBE_STEPS))  # see lr_at: no length needed before it
     probe = None  # (step, elapsed_s) where timing the steps began
+    # the step at which a time-budgeted schedule is sized again (end of warmup), if after the probe
+    refine_at = cfg.warmup_steps if cfg.warmup_steps > probe_end + 1 else None
     last_saved = step if state is not None else None
     model.train()
     try:
@@ -634,24 +649,20 @@ def _run(cfg: TrainConfig, d: Dist, budget_s: Optional[float], on_step, on_eval)
                 if on_step is not None:
                     on_step(record, model, batch)
 
-                # a time budget fixes the schedule's length once the first steps are timed
-                # (the first step is not: it pays for start-up, such as DataLoader workers)
-                if total_steps is None:
-                    if probe is None:
-                        probe = (step, elapsed_s)
-                    if step >= probe_end:
-                        n = step - probe[0]
-                        per = (elapsed_s - probe[1]) / n if n > 0 else step_s
-                        estimate = estimate_total_steps(cfg, step, elapsed_s, per)
-                        if d.on:
-                            t = torch.tensor([float(estimate)], device=device)
-                            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-                            estimate = int(t.item())
-                        total_steps = estimate
-                        bar.total = total_steps
-                        bar.refresh()
-                        say(f"time budget {budget_s:.0f} s at {per:.3f} s/step: "
-                            f"a schedule of {total_steps} steps")
+                # A time budget sizes the schedule from timed steps (the first step is not timed:
+                # it pays for start-up, such as DataLoader workers). A first estimate after a few
+                # steps gives the progress bar its length; the early steps are slow (allocator and
+                # caches warming up), so the estimate is made again, from the steadier steps since,
+                # when warmup ends: the cosine needs the length only after that.
+                if budget_s is not None and cfg.max_steps is None:
+                    if total_steps is None:
+                        if probe is None:
+                            probe = (step, elapsed_s)
+                        if step >= probe_end:
+                            size_schedule(probe)
+                            probe = (step, elapsed_s)  # the refinement times the steps after this one
+                    elif step == refine_at and probe is not None and step > probe[0]:
+                        size_schedule(probe, " (timed again after warmup)")
 
                 last = total_steps is not None and step >= total_steps
                 out_of_time = budget_s is not None and elapsed_s >= budget_s

@@ -13,6 +13,7 @@ from mamba_nb.evaluate import (
     edit_similarity,
     evaluate,
     exact_match,
+    format_examples,
     format_table,
     humaneval_problems,
     humaneval_tasks,
@@ -85,6 +86,7 @@ def test_humaneval_canonical_lines_pass_and_wrong_ones_fail():
     assert len(problems) == 164
     tasks = humaneval_tasks(problems, limit=6)
     assert len(tasks) == 6
+    assert len({p["task_id"] for _, p in tasks}) == 6  # spread over the problems, not the first one's lines
     truth = [check_program(t, t.middle, p) for t, p in tasks]
     wrong = [check_program(t, t.middle.replace("return", "return None or") if "return" in t.middle else "", p)
              for t, p in tasks]
@@ -126,6 +128,16 @@ def test_evaluate_reports_every_part_and_the_cli_writes_json(tmp_path, tiny_data
     out = capsys.readouterr().out
     assert "pass@1" in out and "edit_similarity" in out
     assert format_table(report) in out
+    shown = format_examples(report, n=2)
+    assert shown.count("\n--- ") == 1 and shown.startswith("--- ")  # two examples
+    for ex in report["examples"][:2]:
+        assert f"truth        | {ex['truth']}" in shown and f"FIM infill   | {ex['fim']}" in shown
+        where, line_no = ex["source"].removeprefix("validation/").split(":")
+        lines = validation[int(where)].split("\n")
+        assert lines[int(line_no) - 1] == ex["truth"]
+        i = int(line_no) - 1
+        assert ex["after"] == next((line for line in lines[i + 1:] if line), "")  # nearest non-empty line below
+        assert ex["before"] == next((line for line in reversed(lines[:i]) if line), "")  # ... and above
 
 
 def test_evaluate_losses(tmp_path, tiny_dataset, tiny_tokenizer):
@@ -134,3 +146,21 @@ def test_evaluate_losses(tmp_path, tiny_dataset, tiny_tokenizer):
     cfg = EvalConfig(num_line_tasks=1, num_loss_windows=2, humaneval=False, max_line_tokens=8)
     report = evaluate(str(run), tiny_dataset, cfg, progress=False)
     assert report["loss"]["val_loss"] > 0 and report["loss"]["val_fim_loss"] > 0
+
+
+def test_snapshot_scores_spreads_over_the_run_and_keeps_the_last(tmp_path, tiny_dataset, tiny_tokenizer):
+    from mamba_nb.checkpoint import save_snapshot
+    from mamba_nb.evaluate import snapshot_scores
+
+    model = tiny_model("mamba2", tiny_tokenizer)
+    for step in (3, 6, 9, 12, 15):
+        save_snapshot(tmp_path, model, tiny_tokenizer, {"step": step, "tokens_seen": step * 100})
+    points = snapshot_scores(tmp_path, tiny_dataset, num_line_tasks=2, max_line_tokens=8, max_snapshots=3)
+    assert [p["step"] for p in points] == [3, 9, 15]
+    assert [p["tokens_seen"] for p in points] == [300, 900, 1500]
+    for p in points:
+        assert 0.0 <= p["exact_match"] <= 1.0 and 0.0 <= p["edit_similarity"] <= 1.0
+    assert [p["step"] for p in snapshot_scores(tmp_path, tiny_dataset, num_line_tasks=1, max_line_tokens=8,
+                                               max_snapshots=1)] == [15]
+    with pytest.raises(FileNotFoundError, match="no snapshots"):
+        snapshot_scores(tmp_path / "empty", tiny_dataset)

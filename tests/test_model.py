@@ -69,7 +69,8 @@ def test_every_small_preset_builds_and_runs(arch, tok, capsys):
     for preset in ("micro", "tiny"):
         model, scan = build_model(ModelConfig(arch=arch, preset=preset), tok)
         assert scan in ("kernels", "fast", "hf")
-        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        assert tied == model.config.tie_word_embeddings == (preset != "tiny")  # the course model is untied
         fim = FimTokens.from_tokenizer(tok)
         assert (model.config.eos_token_id, model.config.pad_token_id) == (fim.eot, fim.pad)
     printed = capsys.readouterr().out

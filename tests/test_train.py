@@ -294,6 +294,18 @@ def test_time_budget_fixes_a_schedule_and_stops(tiny_dataset, tmp_path):
     assert state["step"] in records(tmp_path / "run", "eval")  # the end of a budget is validated
 
 
+def test_time_budget_is_sized_again_when_warmup_ends(tiny_dataset, tmp_path, capsys):
+    # warmup 20 > the 10 probe steps: a first length for the bar, then one from the steadier steps
+    cfg = small(tiny_dataset, tmp_path / "run", max_steps=None, time_budget_s=3.0, warmup_steps=20,
+                eval_every=1000, save_every=1000)
+    train(cfg)
+    said = [line for line in capsys.readouterr().out.splitlines() if "a schedule of" in line]
+    assert len(said) == 2 and "timed again after warmup" in said[1], said
+    state = ckpt.load_training_state(tmp_path / "run" / "latest")
+    assert f"a schedule of {state['total_steps']} steps" in said[1]  # the second length is the one kept
+    assert state["step"] == state["total_steps"] or state["elapsed_s"] >= 3.0
+
+
 def test_neither_budget_is_an_error(tiny_dataset, tmp_path):
     with pytest.raises(TrainingError, match="--max-steps"):
         train(small(tiny_dataset, tmp_path / "run", max_steps=None, time_budget_s=None))
