@@ -96,12 +96,20 @@ class TrainConfig(WindowConfig, ModelConfig):
     log_wandb: bool = False
 
 
+# The prompt layout infilling uses unless told otherwise. Training teaches both (spm_rate);
+# SPM is the default because Mamba is recurrent: in SPM the prefix comes last, right before
+# the middle, so its end is fresh in the state when generation starts, while in PSM it has
+# to survive the whole suffix. On the course model SPM's edit similarity is 2-3x PSM's
+# (README, "Benchmarks"); the FIM paper also found SPM slightly better with attention.
+INFILL_MODE = "spm"
+
+
 @dataclass
 class InfillConfig:
     """How a hole is filled (notebook 05, `infill`)."""
 
     checkpoint: str = DEFAULT_RUN_DIR
-    mode: str = "psm"  # "psm" | "spm": the prompt layout
+    mode: str = INFILL_MODE  # "spm" | "psm": the prompt layout
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
@@ -120,7 +128,7 @@ class EvalConfig:
     num_loss_windows: int = 64
     humaneval: bool = True
     humaneval_limit: Optional[int] = None  # None: all single-line tasks
-    mode: str = "psm"
+    mode: str = INFILL_MODE  # "spm" | "psm": the FIM prompt scored against the prefix-only one
     max_line_tokens: int = 48  # longer held-out lines are skipped; each infill may write this many + 8 tokens
     out_file: Optional[str] = None  # default: <checkpoint>/eval.json
     seed: int = 0

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from mamba_nb.config import EvalConfig
+from mamba_nb.config import INFILL_MODE, EvalConfig
 
 MAX_LINE_TOKENS = 48  # default of EvalConfig.max_line_tokens: longer lines are skipped
 LINE_SLACK = 8  # an infill may write this many tokens more than the longest line allowed
@@ -241,7 +241,7 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
     return report
 
 
-def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, mode: str = "psm",
+def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, mode: str = INFILL_MODE,
                     progress: bool = False, max_line_tokens: int = MAX_LINE_TOKENS,
                     max_snapshots: Optional[int] = None) -> list[dict]:
     """Single-line scores (FIM prompt) of the snapshots of a run, against the tokens it had seen:

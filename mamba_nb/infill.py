@@ -7,6 +7,9 @@ prefix and a suffix, using the prompt layouts the model was trained on (see `fim
     spm:  <fim_prefix><fim_suffix> suffix <fim_middle> prefix  → middle <|endoftext|>
     lm:   prefix → continuation            (plain left-to-right; the suffix is ignored)
 
+SPM is the default (`config.INFILL_MODE`): the prefix's end sits right before the hole, where
+a recurrent model remembers it best.
+
 Each piece is encoded on its own, exactly as the FIM transform encodes them in training.
 
 Batching. `prefix`/`suffix` may be lists: prompts are sorted by length, cut into batches,
@@ -39,6 +42,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from mamba_nb.config import INFILL_MODE
 from mamba_nb.tokenizer import EOT, FimTokens
 
 MODES = ("psm", "spm", "lm")
@@ -244,7 +248,7 @@ def infill(
     prefix: Union[str, Sequence[str]],
     suffix: Union[str, Sequence[str]] = "",
     *,
-    mode: str = "psm",
+    mode: str = INFILL_MODE,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     top_p: float = 1.0,
