@@ -66,6 +66,35 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+WINDOW_MARGIN_TOKENS = 8  # tokens of slack at a text window's cut (its first tokens may split differently)
+WINDOW_CHARS_PER_TOKEN = 4  # the first window's guess; code averages about 3.3 characters a token
+
+
+def _encode_near(tokenizer, texts: list[str], budget: int, at_end: bool) -> list[list[int]]:
+    """Tokens of each text, or of enough of its end (`at_end`, a prefix) or start (a suffix)
+    that cutting them to `budget` tokens gives what cutting the whole text's tokens would.
+
+    Why: a hole in a long file would otherwise tokenize the whole file for a few hundred tokens.
+    A window is accepted once it holds `budget` + WINDOW_MARGIN_TOKENS tokens: only the first
+    pre-token after the cut can split differently from the whole text, and the margin is dropped
+    by the cut to `budget` anyway. A window that falls short grows fourfold and is encoded again."""
+    need = budget + WINDOW_MARGIN_TOKENS
+    out: list[Optional[list[int]]] = [None] * len(texts)
+    chars = need * WINDOW_CHARS_PER_TOKEN
+    todo = list(range(len(texts)))
+    while todo:
+        pieces = [texts[i][max(0, len(texts[i]) - chars):] if at_end else texts[i][:chars] for i in todo]
+        encoded = _encode(tokenizer, pieces)
+        still = []
+        for i, piece, ids in zip(todo, pieces, encoded):
+            if len(ids) >= need or len(piece) == len(texts[i]):
+                out[i] = ids
+            else:
+                still.append(i)
+        todo, chars = still, chars * 4
+    return out
+
+
 def _split_heal(prefix: str) -> tuple[str, str]:
     """(prefix without its trailing whitespace, that whitespace)."""
     stripped = prefix.rstrip()
@@ -325,16 +354,23 @@ def infill(
     if heal:
         split = [_split_heal(p) for p in prefixes]
         prefixes, heals = [s[0] for s in split], [s[1] for s in split]
-    prefix_ids = _encode(tokenizer, prefixes)
-    suffix_ids = _encode(tokenizer, suffixes) if mode != "lm" else [[] for _ in prefixes]
     overhead = {"psm": 3, "spm": 3, "lm": 0}[mode]
+    budget = max(context_len - overhead, 1) if context_len is not None else None
+    if mode == "lm":
+        suffixes = [""] * len(prefixes)
+    if budget is not None:
+        prefix_ids = _encode_near(tokenizer, prefixes, budget, at_end=True)
+        suffix_ids = _encode_near(tokenizer, suffixes, budget, at_end=False)
+    else:
+        prefix_ids, suffix_ids = _encode(tokenizer, prefixes), _encode(tokenizer, suffixes)
     rows: list[_Row] = []
     truncated = []
     for i, (p, s) in enumerate(zip(prefix_ids, suffix_ids)):
-        if context_len is not None:
-            p, s, over = _truncate(p, s, max(context_len - overhead, 1))
-            if over:
-                truncated.append((i, over))
+        if budget is not None:
+            p, s, over = _truncate(p, s, budget)
+            if over:  # (windows hold more than `budget` tokens whenever they cut, so this catches them)
+                kept = len(tokenizer.decode(p)) + len(tokenizer.decode(s))
+                truncated.append((i, len(prefixes[i]) + len(suffixes[i]) - kept))
         prompt = build_prompt(p, s, mode, fim)
         if not prompt:  # an empty left-to-right prompt: start from the document boundary
             prompt = [eot]
@@ -343,7 +379,7 @@ def infill(
     if truncated:
         warnings.warn(
             f"{len(truncated)} prompt(s) were longer than the trained context_len={context_len} tokens; "
-            f"the far end of the prefix was cut (hole {truncated[0][0]}: {truncated[0][1]} tokens cut). "
+            f"the far end of the prefix (then of the suffix) was cut (hole {truncated[0][0]}: {truncated[0][1]:,} characters cut). "
             "Shorten the prefix, or pass a larger context_len= to keep more (the model was not trained on longer).",
             stacklevel=2,
         )

@@ -1,6 +1,9 @@
 """infill: prompt layouts, batched == unbatched, stopping, best-of-n, healing, truncation, errors, CLI."""
 from __future__ import annotations
 
+import inspect
+import json
+import os
 import warnings
 
 import pytest
@@ -8,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mamba_nb.infill import InfillResult, _truncate, _VocabStrings, build_prompt, infill
+from mamba_nb.infill import InfillResult, _encode_near, _truncate, _VocabStrings, build_prompt, infill
 from mamba_nb.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimTokens
 from tiny_models import CODE, tiny_bpe, tiny_model
 
@@ -144,6 +147,20 @@ def test_truncation_cuts_the_far_ends_prefix_first(p, s, budget):
     assert s2 == s[: len(s2)]  # kept the suffix's near (left) end
     if s2 != s:
         assert len(p2) == min(len(p), budget // 2) or len(p2) == len(p)  # prefix cut first, to its share
+
+
+_SOURCE = inspect.getsource(json) + inspect.getsource(os) + "caf\u00e9 = '\u2603' * 3\n" + " " * 40 + "x\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, len(_SOURCE)), budget=st.integers(1, 300), suffix_len=st.integers(0, 5000))
+def test_encoding_near_the_hole_keeps_exactly_the_tokens_of_the_whole_text(cut, budget, suffix_len):
+    # Tokenizing only windows near the hole must give the prompt that tokenizing the whole
+    # file would: the same kept prefix and suffix tokens.
+    prefix, suffix = _SOURCE[:cut], _SOURCE[cut: cut + suffix_len]
+    whole = (_TOK(prefix, add_special_tokens=False)["input_ids"], _TOK(suffix, add_special_tokens=False)["input_ids"])
+    near = (_encode_near(_TOK, [prefix], budget, at_end=True)[0], _encode_near(_TOK, [suffix], budget, at_end=False)[0])
+    assert _truncate(*near, budget)[:2] == _truncate(*whole, budget)[:2]  # (the count cut differs: windows cut less)
 
 
 def test_long_prompt_warns_and_still_infills(model, tok):
