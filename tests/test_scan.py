@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import MambaConfig, MambaForCausalLM
 
-from mamba_nb.scan import apply_scan_path, selective_scan
+from mamba_nb.scan import apply_scan_path, selective_scan, selective_state_update
 
 TOL = 1e-5  # relative (norm-wise) error allowed for float32 against the float64 reference
 
@@ -165,6 +165,28 @@ def test_model_logits_states_and_all_gradients_match_float64_hf(length, training
         assert rel_err(g, g_ref) <= TOL, name
 
 
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 3), d=st.integers(1, 9), n=st.integers(1, 17), with_d=st.booleans(), with_z=st.booleans(),
+       with_bias=st.booleans(), softplus=st.booleans(), seed=st.integers(0, 2**16))
+def test_one_step_update_matches_float64_hf(batch, d, n, with_d, with_z, with_bias, softplus, seed):
+    # the cached-generation step: the same new state (in place) and output as HF's reference
+    from transformers.models.mamba import modeling_mamba
+
+    reference = inspect.unwrap(modeling_mamba.mamba_selective_state_update)
+    gen = torch.Generator().manual_seed(seed)
+    inputs = {k: (v[..., 0] if v.dim() == 3 else v) for k, v in
+              random_inputs(gen, batch, d, n, 1, with_d, with_z, with_bias).items()}
+    inputs["dt_bias"] = inputs.pop("delta_bias", None)
+    state = torch.randn(batch, d, n, generator=gen)
+    ref_state = state.double().clone()
+    ref_out = reference(ref_state, dt_softplus=softplus, **{k: v.double() if v is not None else None
+                                                            for k, v in inputs.items()})
+    ours_state = state.clone()
+    ours_out = selective_state_update(ours_state, dt_softplus=softplus, **inputs)
+    assert ours_out.dtype == torch.float32 and ours_out.shape == (batch, d)
+    assert rel_err(ours_out, ref_out) <= TOL and rel_err(ours_state, ref_state) <= TOL
+
+
 def test_cached_generation_matches_the_hf_path_token_for_token():
     model = tiny_mamba(seed=3).eval()
     ref = copy.deepcopy(model)
@@ -172,11 +194,18 @@ def test_cached_generation_matches_the_hf_path_token_for_token():
     apply_scan_path(ref, "hf")
     prompt = torch.randint(0, 61, (2, 19), generator=torch.Generator().manual_seed(0))
     kwargs = dict(max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
+    from transformers.models.mamba import modeling_mamba
+
+    step = modeling_mamba.mamba_selective_state_update  # our dispatch, counting the path each call took
+    before = dict(step.calls)
     with torch.no_grad():
         tokens = model.generate(prompt, **kwargs)
         tokens_ref = ref.generate(prompt, **kwargs)
     assert tokens.shape == (2, 31)
     assert torch.equal(tokens, tokens_ref)
+    # 11 one-token steps through each of the model's layers, on each path
+    layers = model.config.num_hidden_layers
+    assert step.calls["fast"] - before["fast"] == 11 * layers == step.calls["hf"] - before["hf"]
 
 
 def test_fast_path_trains_a_step_like_the_reference():

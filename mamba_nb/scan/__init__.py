@@ -4,9 +4,9 @@
 `selective_scan_fn`); `patch.py` chooses a path per model and installs it (`apply_scan_path`).
 """
 from .patch import SCAN_CHOICES, SUPPORTED_TRANSFORMERS, ScanPathError, apply_scan_path, kernels_available, scan_path_of
-from .selective import selective_scan
+from .selective import selective_scan, selective_state_update
 
 __all__ = [
     "SCAN_CHOICES", "SUPPORTED_TRANSFORMERS", "ScanPathError", "apply_scan_path", "kernels_available",
-    "scan_path_of", "selective_scan",
+    "scan_path_of", "selective_scan", "selective_state_update",
 ]

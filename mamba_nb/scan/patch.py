@@ -8,7 +8,8 @@ cache handling, masks: none of it is copied) and swap only those functions, like
 
 - each module-level function is replaced, once per process, by a `_Dispatch` that reads a
   context variable and calls one of: HF's original (the kernel when installed), HF's PyTorch
-  reference, or our `selective_scan` for Mamba-1's scan. With the variable unset (a model this
+  reference, or ours for Mamba-1: `selective_scan` (a sequence) and `selective_state_update`
+  (one cached generation step). With the variable unset (a model this
   module never touched) the original runs, so other models in the process are unaffected;
 - each mixer *instance* gets a `forward` attribute that sets the variable to its chosen path
   around HF's own `forward`. Parameters, `state_dict`, `save_pretrained`/`from_pretrained`,
@@ -43,7 +44,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .selective import selective_scan
+from .selective import selective_scan, selective_state_update
 
 SCAN_CHOICES = ("auto", "kernels", "fast", "hf")
 SUPPORTED_TRANSFORMERS = ">=5.24,<6"
@@ -67,7 +68,7 @@ _ROUTED: dict[str, dict[str, Optional[Callable]]] = {
     "transformers.models.mamba.modeling_mamba": {
         "mamba_inner_fn": None,
         "mamba_selective_scan": selective_scan,
-        "mamba_selective_state_update": None,
+        "mamba_selective_state_update": selective_state_update,
         "causal_conv1d_fn": None,
         "causal_conv1d_update": None,
     },
