@@ -86,11 +86,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if not _is_user_error(e):
-            raise
-        # These carry a message that names the bad value and what to do; a traceback
-        # would bury it. MAMBA_NB_TRACEBACK=1 shows it anyway (for bug reports).
-        if os.environ.get("MAMBA_NB_TRACEBACK"):
+        # Bad input carries a message that names the bad value and what to do; a traceback
+        # would bury it. Bugs keep theirs, and MAMBA_NB_TRACEBACK=1 shows it anyway.
+        if not _is_user_error(e) or os.environ.get("MAMBA_NB_TRACEBACK"):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

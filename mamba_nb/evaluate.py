@@ -261,8 +261,8 @@ def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, m
                                 "(`python -m mamba_nb train --out-dir ...`, or notebook 04)")
     if max_snapshots is not None and 0 < max_snapshots < len(snapshots):
         last = len(snapshots) - 1
-        snapshots = [snapshots[round(k * last / (max_snapshots - 1))] for k in range(max_snapshots)] \
-            if max_snapshots > 1 else snapshots[-1:]
+        picks = [round(k * last / (max_snapshots - 1)) for k in range(max_snapshots)] if max_snapshots > 1 else [last]
+        snapshots = [snapshots[i] for i in picks]
     docs = list(ds.documents("validation"))
     points = []
     for snap in snapshots:
