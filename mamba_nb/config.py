@@ -23,6 +23,9 @@ from typing import Any, Optional
 SMOKE = os.environ.get("MAMBA_NB_SMOKE", "0") not in ("", "0", "false", "False")
 
 DEFAULT_DATA_DIR = "data/stdlib"
+# Code the course model never saw, to measure infilling on: a package every install of the
+# course has (jupyterlab needs it), written by other people than the standard library's.
+OUTSIDE_PACKAGE = "requests"
 DEFAULT_RUN_DIR = "runs/course"
 
 
@@ -54,6 +57,10 @@ class WindowConfig:
     fim_rate: float = 0.9
     spm_rate: float = 0.5
     fim_level: str = "char"  # "char" (the FIM paper's) | "token" (the original project's, fixed)
+    # FIM per region of this many lines, several per document (0: the whole document piece, as in
+    # the FIM paper). Short regions keep both sides of a hole near it (fim.py, "Regions").
+    fim_region_lines: int = 0
+    line_hole_rate: float = 0.0  # share of FIM middles shaped like real holes: whole lines, a line's end
     seed: int = 0
 
 
@@ -64,10 +71,15 @@ class ModelConfig:
     # "mamba" (Mamba-1) | "mamba2". Mamba-1 is the course default: on the fast PyTorch scan it
     # learns as much as Mamba-2 in the CPU budget (README, "Benchmarks"), and it is the
     # architecture of the original project and of the state-spaces/mamba-*-hf checkpoints.
+    # "llama": a transformer of the same size (HF LlamaForCausalLM), the peer the course compares with.
     arch: str = "mamba"
     preset: str = "tiny"  # "tiny" | "130m" | "370m" | "790m" | "1.4b" | "2.8b"
     pretrained: Optional[str] = None  # a hub id or local directory to fine-tune
     scan: str = "auto"  # "auto" | "kernels" | "fast" | "hf": which selective-scan path
+    # None: the preset's value. Width, depth and the recurrent state of a from-scratch model.
+    hidden_size: Optional[int] = None
+    num_hidden_layers: Optional[int] = None
+    state_size: Optional[int] = None
 
 
 @dataclass
@@ -86,6 +98,7 @@ class TrainConfig(WindowConfig, ModelConfig):
     max_steps: Optional[int] = None  # None: as many as time_budget_s allows
     time_budget_s: Optional[float] = 600.0  # seconds of training; None or 0: no time limit
     grad_clip: float = 1.0
+    middle_loss_weight: float = 1.0  # weight of FIM-middle targets in the training loss (1: all tokens equal)
     eval_every: int = 200
     eval_windows: int = 64
     save_every: int = 500
@@ -130,6 +143,9 @@ class EvalConfig:
     humaneval_limit: Optional[int] = None  # None: all single-line tasks
     mode: str = INFILL_MODE  # "spm" | "psm": the FIM prompt scored against the prefix-only one
     max_line_tokens: int = 48  # longer held-out lines are skipped; each infill may write this many + 8 tokens
+    num_gain_tasks: int = 200  # holes per set for the suffix gain (0: not measured)
+    # code outside the corpus whose lines are scored too: a directory, or an installed package's name
+    tasks_from: Optional[str] = None
     out_file: Optional[str] = None  # default: <checkpoint>/eval.json
     seed: int = 0
 
@@ -225,5 +241,5 @@ def course_eval_config(smoke: bool = SMOKE, root: str = ".") -> EvalConfig:
     run = course_train_config(smoke, root)
     if smoke:
         return EvalConfig(checkpoint=run.out_dir, dataset=run.dataset, num_line_tasks=6, num_loss_windows=4,
-                          humaneval_limit=4)
-    return EvalConfig(checkpoint=run.out_dir, dataset=run.dataset, humaneval_limit=200)
+                          humaneval_limit=4, num_gain_tasks=6, tasks_from=OUTSIDE_PACKAGE)
+    return EvalConfig(checkpoint=run.out_dir, dataset=run.dataset, humaneval_limit=200, tasks_from=OUTSIDE_PACKAGE)

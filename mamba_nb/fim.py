@@ -44,11 +44,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-import json
-
 import numpy as np
 
-from mamba_nb.tokenizer import FimTokens
+from mamba_nb.tokenizer import FimTokens, token_bytes
 
 FIM_LEVELS = ("char", "token")
 
@@ -74,6 +72,16 @@ def check_level(fim_level: str) -> str:
     if fim_level not in FIM_LEVELS:
         raise ValueError(f"fim_level={fim_level!r} is not one of {FIM_LEVELS}; use --fim-level char (the FIM paper's)")
     return fim_level
+
+
+def check_region_lines(fim_region_lines: int, fim_level: str = "char") -> int:
+    if isinstance(fim_region_lines, bool) or int(fim_region_lines) != fim_region_lines or fim_region_lines < 0:
+        raise ValueError(f"fim_region_lines={fim_region_lines!r} must be a whole number >= 0 "
+                         "(0: the whole document piece is one region, as in the FIM paper; e.g. --fim-region-lines 8)")
+    if fim_region_lines and fim_level != "char":
+        raise ValueError(f"fim_region_lines={fim_region_lines} cuts regions on line ends in the decoded text, which "
+                         f"needs fim_level='char' (got {fim_level!r}); pass --fim-level char or --fim-region-lines 0")
+    return int(fim_region_lines)
 
 
 @dataclass
@@ -117,15 +125,24 @@ class FimTransform:
     """`apply_fim` with its settings and tokenizer prepared once (what the data loaders hold)."""
 
     def __init__(self, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, fim_level: str = "char",
-                 seed: int = 0, fim_tokens: Optional[FimTokens] = None):
+                 seed: int = 0, fim_tokens: Optional[FimTokens] = None, fim_region_lines: int = 0,
+                 line_hole_rate: float = 0.0):
         self.fim_rate = check_rate("fim_rate", fim_rate)
         self.spm_rate = check_rate("spm_rate", spm_rate)
         self.fim_level = check_level(fim_level)
+        self.fim_region_lines = check_region_lines(fim_region_lines, fim_level)
+        self.line_hole_rate = check_rate("line_hole_rate", line_hole_rate)
         self.seed = int(seed)
         self.fim_tokens = fim_tokens or FimTokens.from_tokenizer(tokenizer)
         self._tokenizer = tokenizer
         self._codec = None  # the Rust tokenizer, copied on first use (see _backend)
         self._bytes = None  # id → bytes, for byte-level tokenizers (see _decode)
+
+    @classmethod
+    def from_config(cls, tokenizer, cfg, fim_tokens: Optional[FimTokens] = None) -> "FimTransform":
+        """The transform a `WindowConfig` describes."""
+        return cls(tokenizer, cfg.fim_rate, cfg.spm_rate, cfg.fim_level, cfg.seed, fim_tokens,
+                   fim_region_lines=cfg.fim_region_lines, line_hole_rate=cfg.line_hole_rate)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -143,17 +160,9 @@ class FimTransform:
             codec = Tokenizer.from_str(backend.to_str())
             codec.encode_special_tokens = True
             self._codec = codec
-            if (json.loads(codec.to_str()).get("decoder") or {}).get("type") == "ByteLevel":
-                # Byte-level BPE: a token is a fixed byte string, so decoding is a table lookup and
-                # one bytes.decode, several times faster than `decode_batch` for short pieces.
-                to_byte = {ch: b for b, ch in _bytes_to_unicode().items()}
-                vocab = codec.get_vocab(with_added_tokens=True)
-                table = np.empty(max(vocab.values()) + 1, dtype=object)
-                table[:] = b""
-                added = {a.content for a in codec.get_added_tokens_decoder().values()}
-                for piece, i in vocab.items():
-                    table[i] = piece.encode() if piece in added else bytes(to_byte[ch] for ch in piece)
-                self._bytes = table
+            # Byte-level BPE: a token is a fixed byte string, so decoding is a table lookup and
+            # one bytes.decode, several times faster than `decode_batch` for short pieces.
+            self._bytes = token_bytes(codec)
         return self._codec
 
     def _decode(self, pieces: list[np.ndarray]) -> list[str]:
@@ -170,6 +179,8 @@ class FimTransform:
             raise ValueError(f"windows must be (B, L) token ids, got shape {windows.shape}")
         B, L = windows.shape
         starts = np.arange(B) if starts is None else np.asarray(starts)
+        if self.fim_region_lines:
+            return self._call_regions(windows, starts, epoch)
         t = self.fim_tokens
         others = np.array([t.prefix, t.middle, t.suffix, t.pad])
 
@@ -245,17 +256,20 @@ class FimTransform:
                 a, c = sorted(np.floor(d[2:4] * (len(p) + 1)).astype(int))
                 out.append((p[:a], p[a:c], p[c:]))
             return out
-        codec = self._backend()
         texts = self._decode(pieces)
         chunks = []
         for text, d in zip(texts, draws):
             # uniform over the len(text) + 1 places a cursor can be, in characters
             a, c = sorted(np.floor(d[2:4] * (len(text) + 1)).astype(int))
             chunks += [text[:a], text[a:c], text[c:]]
+        ids = self._encode(chunks)
+        return [(ids[k], ids[k + 1], ids[k + 2]) for k in range(0, len(ids), 3)]
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        codec = self._backend()
         # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we do not use.
         encode = getattr(codec, "encode_batch_fast", codec.encode_batch)
-        ids = [enc.ids for enc in encode(chunks, add_special_tokens=False)]
-        return [(ids[k], ids[k + 1], ids[k + 2]) for k in range(0, len(ids), 3)]
+        return [enc.ids for enc in encode(texts, add_special_tokens=False)]
 
     def _layout(self, key, parts, spm: bool, budget: int):
         """The transformed piece as (segments, roles, mode, trimmed), or None when it cannot fit."""
@@ -266,30 +280,130 @@ class FimTransform:
         if trim > len(suffix):
             return None
         suffix = suffix[: len(suffix) - trim]
+        return (*self._segments(prefix, middle, suffix, spm), "spm" if spm else "psm", trim)
+
+    def _segments(self, prefix, middle, suffix, spm: bool) -> tuple[list, list]:
+        """(segments, roles) of one FIM sample in SPM or PSM order, its middle closed by <|endoftext|>."""
+        t = self.fim_tokens
         if spm:
-            segs = [[t.prefix, t.suffix], suffix, [t.middle], prefix, middle, [t.eot]]
-            rols = [SENTINEL, SUFFIX, SENTINEL, PREFIX, MIDDLE, MIDDLE]
-            return segs, rols, "spm", trim
-        segs = [[t.prefix], prefix, [t.suffix], suffix, [t.middle], middle, [t.eot]]
-        rols = [SENTINEL, PREFIX, SENTINEL, SUFFIX, SENTINEL, MIDDLE, MIDDLE]
-        return segs, rols, "psm", trim
+            return ([[t.prefix, t.suffix], suffix, [t.middle], prefix, middle, [t.eot]],
+                    [SENTINEL, SUFFIX, SENTINEL, PREFIX, MIDDLE, MIDDLE])
+        return ([[t.prefix], prefix, [t.suffix], suffix, [t.middle], middle, [t.eot]],
+                [SENTINEL, PREFIX, SENTINEL, SUFFIX, SENTINEL, MIDDLE, MIDDLE])
+
+    # --- regions: several short FIM samples per document piece ----------------------------
+
+    def _call_regions(self, windows: np.ndarray, starts: np.ndarray, epoch: int) -> FimResult:
+        """FIM per region of `fim_region_lines` lines (module docstring, "Regions")."""
+        B, L = windows.shape
+        t = self.fim_tokens
+        others = np.array([t.prefix, t.middle, t.suffix, t.pad])
+        pieces = [_pieces(windows[b], t.eot) for b in range(B)]
+        keys = [(b, i) for b in range(B) for i, (s, e, _) in enumerate(pieces[b]) if e > s]
+        texts = dict(zip(keys, self._decode([windows[b, pieces[b][i][0]: pieces[b][i][1]] for b, i in keys])))
+
+        # 1. Per window: each piece's regions, in order, each kept plain or cut (six draws per region).
+        chunks: list[str] = []  # every text to encode, in order
+        items: list[list[tuple[str, int]]] = []  # per window: (mode | "none" | "eot", first chunk)
+        result = FimResult(np.full((B, L), t.pad, dtype=np.int64), np.full((B, L), PAD, dtype=np.int8))
+        for b in range(B):
+            rng = fim_rng(self.seed, epoch, starts[b])
+            clean = not np.isin(windows[b], others).any()  # as above: FIM tokens in the data stay alone
+            row = []
+            for i, (_, _, has_eot) in enumerate(pieces[b]):
+                for region in _regions(texts.get((b, i), ""), self.fim_region_lines):
+                    d = rng.random(REGION_DRAWS)
+                    if clean and d[0] < self.fim_rate:
+                        row.append(("spm" if d[1] < self.spm_rate else "psm", len(chunks)))
+                        chunks += _cut_region(region, d, self.line_hole_rate)
+                    else:
+                        row.append(("none", len(chunks)))
+                        chunks.append(region)
+                if has_eot:
+                    row.append(("eot", -1))
+            items.append(row)
+        ids = self._encode(chunks)
+
+        # 2. Lay each window out in order; what runs past its length is cut, like any window edge.
+        for b in range(B):
+            toks, rols, at = [], [], 0
+            modes, spans = [], []
+            for mode, k in items[b]:
+                if mode == "eot":
+                    segs, seg_roles = [[t.eot]], [PLAIN]
+                elif mode == "none":
+                    segs, seg_roles = [ids[k]], [PLAIN]
+                else:
+                    segs, seg_roles = self._segments(ids[k], ids[k + 1], ids[k + 2], mode == "spm")
+                n = 0
+                for seg, r in zip(segs, seg_roles):
+                    toks.append(np.asarray(seg, dtype=np.int64))
+                    rols.append(np.full(len(seg), r, dtype=np.int8))
+                    n += len(seg)
+                if mode != "eot" and at < L:  # regions pushed past the window's end are not counted
+                    modes.append(mode)
+                    spans.append((at, min(at + n, L)))
+                    result.num_pieces += 1
+                    result.num_fim += mode != "none"
+                at += n
+            if toks:
+                row_tokens, row_roles = np.concatenate(toks)[:L], np.concatenate(rols)[:L]
+                result.tokens[b, : len(row_tokens)] = row_tokens
+                result.roles[b, : len(row_roles)] = row_roles
+            result.modes.append(modes)
+            result.spans.append(spans)
+            result.trimmed.append([0] * len(modes))
+        result.num_drawn = result.num_fim
+        return result
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte ↔ printable-character map, the one byte-level BPE vocabularies are written in."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+# --- regions -------------------------------------------------------------------------------
+
+REGION_DRAWS = 6  # numbers drawn per region, whatever fim_rate is: FIM?, SPM?, line hole?, and three for the cut
+PARTIAL_LINE_SHARE = 0.25  # of line holes, this share starts at a random character of the first line
+
+
+def _lines(text: str) -> list[str]:
+    """`text` cut after each newline (every line keeps its "\n"; the last may have none)."""
+    parts = text.split("\n")
+    return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def _regions(text: str, region_lines: int) -> list[str]:
+    """`text` as consecutive runs of `region_lines` lines (the last may be shorter)."""
+    lines = _lines(text)
+    return ["".join(lines[k: k + region_lines]) for k in range(0, len(lines), region_lines)]
+
+
+def _cut_region(text: str, d: np.ndarray, line_hole_rate: float) -> list[str]:
+    """[prefix, middle, suffix] of a region, from its draws `d` (REGION_DRAWS numbers in [0, 1)).
+
+    With probability `line_hole_rate` a hole shaped like the ones people leave: whole lines (one
+    half the time, two a quarter, ...) starting at a non-blank line, without the last line's
+    newline (which starts the suffix, as in `evaluate.mask_line`); PARTIAL_LINE_SHARE of them
+    start at a random character of their first line (a cursor inside a line). Otherwise the FIM
+    paper's span: two split points uniform over the len + 1 cursor positions.
+    """
+    lines = _lines(text)
+    nonblank = [k for k, line in enumerate(lines) if line.strip()]
+    if d[2] < line_hole_rate and nonblank:
+        offsets = np.concatenate([[0], np.cumsum([len(line) for line in lines])])
+        first = nonblank[int(d[3] * len(nonblank))]
+        last = min(first + 1 + int(-np.log2(1.0 - d[4])), len(lines))  # exclusive
+        a = int(offsets[first])
+        c = int(offsets[last]) - lines[last - 1].endswith("\n")
+        if d[5] < PARTIAL_LINE_SHARE:
+            first_line = lines[first].rstrip("\n")
+            a += int(d[5] / PARTIAL_LINE_SHARE * (len(first_line) + 1))
+            a = min(a, c)
+        return [text[:a], text[a:c], text[c:]]
+    a, c = sorted(np.floor(d[3:5] * (len(text) + 1)).astype(int))
+    return [text[:a], text[a:c], text[c:]]
 
 
 def apply_fim(windows, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, fim_level: str = "char",
-              seed: int = 0, epoch: int = 0, starts: Optional[Sequence[int]] = None) -> FimResult:
+              seed: int = 0, epoch: int = 0, starts: Optional[Sequence[int]] = None, fim_region_lines: int = 0,
+              line_hole_rate: float = 0.0) -> FimResult:
     """Transform a batch of windows (B, L) — or one window (L,) — into FIM samples of the same length.
 
     `starts` (one per window; default 0..B-1) and `epoch` key each window's draws with `seed`.
@@ -298,7 +412,8 @@ def apply_fim(windows, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, 
     windows = np.asarray(windows)
     if windows.ndim == 1:
         windows = windows[None]
-    return FimTransform(tokenizer, fim_rate, spm_rate, fim_level, seed)(windows, starts, epoch)
+    return FimTransform(tokenizer, fim_rate, spm_rate, fim_level, seed, fim_region_lines=fim_region_lines,
+                        line_hole_rate=line_hole_rate)(windows, starts, epoch)
 
 
 @dataclass
@@ -315,7 +430,7 @@ class UndonePiece:
     ended: bool
 
 
-def undo_fim(tokens, fim_tokens: FimTokens) -> list[UndonePiece]:
+def undo_fim(tokens, fim_tokens: FimTokens, fim_region_lines: int = 0) -> list[UndonePiece]:
     """Read a FIM sample back into its document pieces, in document order.
 
     For a piece that was not trimmed, decoding `tokens` gives the piece's text exactly (token
@@ -324,36 +439,49 @@ def undo_fim(tokens, fim_tokens: FimTokens) -> list[UndonePiece]:
     prefix of the piece's text, except that when the cut fell inside a multi-byte character its
     last character decodes as U+FFFD. Reading stops at the first `<fim_pad>`. A PSM sample with an
     empty prefix is token for token an SPM sample; it is read as SPM, which gives the same text.
+
+    With `fim_region_lines` > 0 (samples made with regions), a piece is one region, or a run of
+    plain regions read as one: their texts joined in order give back the window's text, and
+    `ended` marks the piece the document's own <|endoftext|> follows. The window's last piece
+    may have been cut by the window's edge, like any window.
     """
     tokens = np.asarray(tokens).ravel()
     t = fim_tokens
     out: list[UndonePiece] = []
     n, i = len(tokens), 0
 
-    def until(j: int, stop: int) -> int:
-        while j < n and tokens[j] != stop and tokens[j] != t.pad:
+    def until(j: int, *stops: int) -> int:
+        while j < n and tokens[j] not in stops and tokens[j] != t.pad:
             j += 1
         return j
 
+    def at(j: int, token: int) -> bool:
+        return j < n and tokens[j] == token
+
     while i < n and tokens[i] != t.pad:
         if tokens[i] == t.prefix:
-            if i + 1 < n and tokens[i + 1] == t.suffix:  # SPM: suffix, then prefix + middle
+            if at(i + 1, t.suffix):  # SPM: suffix, then prefix + middle
                 j = until(i + 2, t.middle)
                 k = until(j + 1, t.eot)
                 suffix, pm = tokens[i + 2 : j], tokens[j + 1 : k]
-                out.append(UndonePiece(np.concatenate([pm, suffix]), "spm", k < n and tokens[k] == t.eot))
+                piece = UndonePiece(np.concatenate([pm, suffix]), "spm", at(k, t.eot))
             else:  # PSM: prefix, suffix, middle
                 j = until(i + 1, t.suffix)
                 k = until(j + 1, t.middle)
                 m = until(k + 1, t.eot)
                 prefix, suffix, middle = tokens[i + 1 : j], tokens[j + 1 : k], tokens[k + 1 : m]
-                out.append(UndonePiece(np.concatenate([prefix, middle, suffix]), "psm", m < n and tokens[m] == t.eot))
+                piece = UndonePiece(np.concatenate([prefix, middle, suffix]), "psm", at(m, t.eot))
                 k = m
             i = k + 1
+            if fim_region_lines:  # the middle's <|endoftext|> closes the hole; the document's own follows
+                piece.ended = at(i, t.eot)
+                i += piece.ended
         else:
-            j = until(i, t.eot)
-            out.append(UndonePiece(tokens[i:j], "none", j < n and tokens[j] == t.eot))
-            i = j + 1
+            # a plain run: up to the document's end (or, with regions, the next FIM sample)
+            j = until(i, t.eot, t.prefix) if fim_region_lines else until(i, t.eot)
+            piece = UndonePiece(tokens[i:j], "none", at(j, t.eot))
+            i = j + piece.ended if fim_region_lines else j + 1
+        out.append(piece)
     return out
 
 

@@ -63,7 +63,7 @@ class FimCollator:
     def __init__(self, tokenizer, cfg: WindowConfig, epoch: int = 0):
         self.cfg = cfg
         self.epoch = int(epoch)
-        self.fim = FimTransform(tokenizer, cfg.fim_rate, cfg.spm_rate, cfg.fim_level, cfg.seed)
+        self.fim = FimTransform.from_config(tokenizer, cfg)
 
     def set_epoch(self, epoch: int) -> None:
         """New FIM draws for a new epoch (call it as you would `sampler.set_epoch`)."""

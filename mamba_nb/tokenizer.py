@@ -163,3 +163,52 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def vocab_size_of(tokenizer) -> int:
     """One more than the largest id the tokenizer can emit (added tokens included)."""
     return max(tokenizer.get_vocab().values()) + 1
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte ↔ printable-character map, the one byte-level BPE vocabularies are written in."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def token_bytes(backend) -> "np.ndarray | None":
+    """id → the bytes the token stands for (object array), for a byte-level vocabulary; None otherwise.
+
+    `backend`: a `tokenizers.Tokenizer`. Added (special) tokens map to their own UTF-8 text.
+    """
+    import json
+
+    if (json.loads(backend.to_str()).get("decoder") or {}).get("type") != "ByteLevel":
+        return None
+    to_byte = {ch: b for b, ch in _bytes_to_unicode().items()}
+    vocab = backend.get_vocab(with_added_tokens=True)
+    table = np.empty(max(vocab.values()) + 1, dtype=object)
+    table[:] = b""
+    added = {a.content for a in backend.get_added_tokens_decoder().values()}
+    for piece, i in vocab.items():
+        table[i] = piece.encode() if piece in added else bytes(to_byte[ch] for ch in piece)
+    return table
+
+
+def text_bytes_per_token(tokenizer) -> np.ndarray:
+    """id → how many bytes of text the token stands for (int64); special tokens count 0.
+
+    What bits per byte divides by: a loss in nats per token becomes bits per byte of text,
+    comparable across tokenizers."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    special = set(SPECIAL_TOKENS) | set(getattr(tokenizer, "all_special_tokens", []))
+    vocab = tokenizer.get_vocab()
+    table = token_bytes(backend)
+    out = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
+    for piece, i in vocab.items():
+        if piece in special:
+            continue
+        out[i] = len(table[i]) if table is not None else len(tokenizer.decode([i]).encode())
+    return out

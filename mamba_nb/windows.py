@@ -82,8 +82,7 @@ class WindowDataset(torch.utils.data.Dataset):
         tokenizer = check_tokenizer(ds, tokenizer)
         self.tokenizer = tokenizer
         # fim_rate 0: windows go out as read, no tokenizer work at all.
-        self.fim = (FimTransform(tokenizer, cfg.fim_rate, cfg.spm_rate, cfg.fim_level, cfg.seed, ds.fim_tokens)
-                    if cfg.fim_rate > 0 else None)
+        self.fim = FimTransform.from_config(tokenizer, cfg, ds.fim_tokens) if cfg.fim_rate > 0 else None
         self._offsets = np.arange(cfg.context_len + 1, dtype=np.int64)
 
     def read_windows(self, starts: np.ndarray) -> np.ndarray:

@@ -288,3 +288,100 @@ def test_spans_cover_each_piece(tok, ft):
     for (a, b), mode in zip(spans, res.modes[0]):
         undone = undo_fim(res.tokens[0][a:b], ft)
         assert len(undone) == 1 and undone[0].mode in (mode, "spm")
+
+
+# --- regions (fim_region_lines > 0) -----------------------------------------------------------
+
+from mamba_nb.fim import PARTIAL_LINE_SHARE, REGION_DRAWS, SENTINEL, _cut_region, _regions  # noqa: E402
+
+lines_text = st.lists(st.one_of(st.sampled_from(["", "    ", "x = 1", "    return y", "\u00e9\u2603"]), texts.map(
+    lambda s: s.replace("\n", ""))), max_size=8).map("\n".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=lines_text, draws=st.lists(st.floats(0, 0.999999), min_size=REGION_DRAWS, max_size=REGION_DRAWS),
+       line_hole_rate=st.sampled_from([0.0, 0.5, 1.0]))
+def test_cut_region_splits_the_text_and_line_holes_end_at_a_line_end(text, draws, line_hole_rate):
+    d = np.array(draws)
+    prefix, middle, suffix = _cut_region(text, d, line_hole_rate)
+    assert prefix + middle + suffix == text
+    if d[2] < line_hole_rate and any(line.strip() for line in text.split("\n")):
+        assert middle.split("\n")[0].strip() or d[5] < PARTIAL_LINE_SHARE  # starts on a non-blank line
+        assert suffix == "" or suffix.startswith("\n")  # ends at a line's end; its newline starts the suffix
+        if d[5] >= PARTIAL_LINE_SHARE:
+            assert prefix == "" or prefix.endswith("\n")  # whole lines
+        else:
+            assert "\n" not in text[len(prefix) - len(prefix.split("\n")[-1]): len(prefix)]  # one line's start
+
+
+@given(text=lines_text, region_lines=st.integers(1, 5))
+def test_regions_are_runs_of_whole_lines(text, region_lines):
+    regions = _regions(text, region_lines)
+    assert "".join(regions) == text
+    assert all(r.count("\n") <= region_lines and r for r in regions)
+    assert all(r.endswith("\n") and r.count("\n") == region_lines for r in regions[:-1])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=docs_strategy, region_lines=st.sampled_from([1, 2, 3, 8]), line_hole_rate=st.sampled_from([0.0, 0.5, 1.0]),
+       spm_rate=st.sampled_from([0.0, 0.5, 1.0]), fim_rate=st.sampled_from([1.0, 0.5]),
+       length=st.integers(1, 160), offset=st.integers(0, 50), seed=st.integers(0, 1000))
+def test_regions_undo_gives_back_the_window(tok, ft, docs, region_lines, line_hole_rate, spm_rate, fim_rate,
+                                           length, offset, seed):
+    stream = stream_of(tok, ft, docs)
+    offset = min(offset, max(0, len(stream) - 1))
+    window = stream[offset: offset + length]
+    res = apply_fim(window, tok, fim_rate=fim_rate, spm_rate=spm_rate, seed=seed, fim_region_lines=region_lines,
+                    line_hole_rate=line_hole_rate)
+    out, roles = res.tokens[0], res.roles[0]
+    assert out.shape == window.shape
+    undone = undo_fim(out, ft, fim_region_lines=region_lines)
+
+    def text_of(pieces):
+        return "".join(decode(tok, p.tokens) + ("<|endoftext|>" if p.ended else "") for p in pieces)
+
+    original = decode(tok, window)
+    if (roles == PAD).any():  # everything fit: the whole window comes back
+        assert text_of(undone) == original
+    else:  # the window's edge cut the last piece; all before it come back exactly
+        assert original.startswith(text_of(undone[:-1]))
+    # sentinels sit where the roles say; each middle the edge did not cut closes on <|endoftext|>
+    assert np.array_equal(np.isin(out, [ft.prefix, ft.middle, ft.suffix]), roles == SENTINEL)
+    ends = np.flatnonzero((roles[:-1] == MIDDLE) & (roles[1:] != MIDDLE))
+    assert all(out[e] == ft.eot for e in ends)
+    assert res.num_fim == sum(m != "none" for m in res.modes[0])
+
+
+def test_regions_transform_several_holes_per_document(tok, ft):
+    doc = "\n".join(f"value_{i} = compute({i})" for i in range(24)) + "\n"
+    window = stream_of(tok, ft, [doc])
+    res = apply_fim(window, tok, fim_rate=1.0, spm_rate=1.0, seed=0, fim_region_lines=4, line_hole_rate=1.0)
+    assert res.modes[0] == ["spm"] * 6  # 24 lines in regions of 4, each one a FIM sample
+    out, roles = res.tokens[0], res.roles[0]
+    starts = np.flatnonzero(out == ft.prefix)
+    assert len(starts) == 6
+    for s in starts:  # each sample: <fim_prefix><fim_suffix> suffix <fim_middle> prefix middle <|endoftext|>
+        assert out[s + 1] == ft.suffix
+        middle_end = s + np.argmax(out[s:] == ft.eot)
+        middle = decode(tok, out[s: middle_end][roles[s: middle_end] == MIDDLE])
+        assert middle + "\n" in doc  # a line hole ends where a line ends (it may be empty: a cursor at the end)
+
+
+def test_regions_raise_fim_rate_transforms_a_superset(tok, ft):
+    window = stream_of(tok, ft, SAMPLE_CODE * 3)
+    low = apply_fim(window, tok, fim_rate=0.3, seed=1, fim_region_lines=2)
+    high = apply_fim(window, tok, fim_rate=0.8, seed=1, fim_region_lines=2)
+    # (more samples push more regions past the window's end: compare the regions both hold)
+    assert all(h != "none" for lo, h in zip(low.modes[0], high.modes[0]) if lo != "none")
+    assert high.num_fim > low.num_fim
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(fim_region_lines=-1), "fim_region_lines=-1"),
+    (dict(fim_region_lines=2.5), "whole number"),
+    (dict(fim_region_lines=4, fim_level="token"), "fim_level='char'"),
+    (dict(line_hole_rate=1.5), "line_hole_rate=1.5"),
+])
+def test_region_settings_are_checked(tok, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FimTransform(tok, **kwargs)
