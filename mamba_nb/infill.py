@@ -123,6 +123,88 @@ def _truncate(prefix_ids: list[int], suffix_ids: list[int], budget: int) -> tupl
     return prefix_ids[len(prefix_ids) - keep_prefix:], suffix_ids[:keep_suffix], over
 
 
+PROMPT_OVERHEAD = {"psm": 3, "spm": 3, "lm": 0}  # sentinel tokens each layout adds
+
+
+def split_near(prefix: str, suffix: str, near_lines: tuple[int, int]) -> tuple[str, str, str]:
+    """(far prefix, near prefix, near suffix): the hole's neighbourhood as a region-trained model saw it.
+
+    near prefix = the prefix's last `near_lines[0]` whole lines and the start of the hole's line;
+    near suffix = the rest of the hole's line and the next `near_lines[1]` lines. The far prefix
+    goes before the FIM sample as plain text; the suffix beyond the near part is left out.
+    """
+    n_prefix, n_suffix = near_lines
+    lines = prefix.split("\n")  # the last item is the start of the hole's line ("" after a newline)
+    near = "\n".join(lines[max(0, len(lines) - 1 - n_prefix):])
+    cut = -1
+    for _ in range(n_suffix + 1):
+        cut = suffix.find("\n", cut + 1)
+        if cut < 0:
+            break
+    near_suffix = suffix if cut < 0 else suffix[: cut + 1]
+    return prefix[: len(prefix) - len(near)], near, near_suffix
+
+
+def encode_prompts(tokenizer, prefixes: Sequence[str], suffixes: Sequence[str], mode: str, fim: Optional[FimTokens],
+                   context_len: Optional[int], reserve: Union[int, Sequence[int]] = 0,
+                   near_lines: Optional[tuple[int, int]] = None) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """The token ids of each hole's prompt, cut to fit `context_len`, and the holes that were cut.
+
+    Each prompt's text tokens get `context_len` - the layout's sentinels - `reserve` (per hole,
+    or one number for all: room kept for tokens that follow the prompt, such as a known middle).
+    Returns (prompts, [(hole index, characters cut), ...]). With `context_len` None nothing is cut.
+    An empty left-to-right prompt becomes `[<|endoftext|>]` (a document boundary).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a prompt layout; use one of {MODES}")
+    if mode == "lm":
+        suffixes = [""] * len(prefixes)
+    elif near_lines is not None:
+        return _encode_near_prompts(tokenizer, prefixes, suffixes, mode, fim, context_len, reserve, near_lines)
+    reserves = [reserve] * len(prefixes) if isinstance(reserve, int) else list(reserve)
+    budgets = [None] * len(prefixes)
+    if context_len is not None:
+        budgets = [max(context_len - PROMPT_OVERHEAD[mode] - r, 1) for r in reserves]
+        widest = max(budgets, default=1)
+        prefix_ids = _encode_near(tokenizer, list(prefixes), widest, at_end=True)
+        suffix_ids = _encode_near(tokenizer, list(suffixes), widest, at_end=False)
+    else:
+        prefix_ids, suffix_ids = _encode(tokenizer, list(prefixes)), _encode(tokenizer, list(suffixes))
+    eot = tokenizer.get_vocab().get(EOT, tokenizer.eos_token_id)
+    prompts, truncated = [], []
+    for i, (p, s, budget) in enumerate(zip(prefix_ids, suffix_ids, budgets)):
+        if budget is not None:
+            p, s, over = _truncate(p, s, budget)
+            if over:  # (windows hold more than `budget` tokens whenever they cut, so this catches them)
+                kept = len(tokenizer.decode(p)) + len(tokenizer.decode(s))
+                truncated.append((i, len(prefixes[i]) + len(suffixes[i]) - kept))
+        prompt = build_prompt(p, s, mode, fim)
+        prompts.append(prompt if prompt else [eot])
+    return prompts, truncated
+
+
+def _encode_near_prompts(tokenizer, prefixes, suffixes, mode, fim, context_len, reserve, near_lines):
+    """`encode_prompts` for a region-trained model: far prefix (plain), then the FIM sample of the
+    hole's neighbourhood (`split_near`). The far prefix is cut first, from its far end."""
+    parts = [split_near(p, s, near_lines) for p, s in zip(prefixes, suffixes)]
+    near_p = _encode(tokenizer, [p[1] for p in parts])
+    near_s = _encode(tokenizer, [p[2] for p in parts])
+    reserves = [reserve] * len(prefixes) if isinstance(reserve, int) else list(reserve)
+    room = [None if context_len is None else max(context_len - PROMPT_OVERHEAD[mode] - r - len(a) - len(b), 0)
+            for r, a, b in zip(reserves, near_p, near_s)]
+    widest = max((r for r in room if r is not None), default=None)
+    far = (_encode_near(tokenizer, [p[0] for p in parts], widest, at_end=True) if widest is not None
+           else _encode(tokenizer, [p[0] for p in parts]))
+    prompts, truncated = [], []
+    for i, (f, a, b, r) in enumerate(zip(far, near_p, near_s, room)):
+        if r is not None and len(f) > r:
+            cut_chars = len(parts[i][0]) - len(tokenizer.decode(f[len(f) - r:])) if r else len(parts[i][0])
+            f = f[len(f) - r:] if r else []
+            truncated.append((i, cut_chars))
+        prompts.append(list(f) + build_prompt(a, b, mode, fim))
+    return prompts, truncated
+
+
 def run_config_of(checkpoint: Union[str, Path, None]) -> dict:
     """The run config saved with a checkpoint (`run_config.yaml` in it, or in its run's
     `latest/` for a snapshot), or {} if there is none (e.g. an HF checkpoint)."""
@@ -136,6 +218,21 @@ def run_config_of(checkpoint: Union[str, Path, None]) -> dict:
 
             return yaml.safe_load(f.read_text()) or {}
     return {}
+
+
+def near_lines_for(region_lines: int) -> Optional[tuple[int, int]]:
+    """The hole's neighbourhood a FIM prompt holds for a model trained with `fim_region_lines`
+    regions: (whole prefix lines, suffix lines) filling one region around a one-line hole, the
+    prefix's share rounded down. None for the FIM paper's whole-document samples."""
+    if not region_lines:
+        return None
+    n_prefix = (region_lines - 1) // 2
+    return n_prefix, region_lines - 1 - n_prefix
+
+
+def trained_near_lines(checkpoint: Union[str, Path, None]) -> Optional[tuple[int, int]]:
+    """`near_lines_for` the checkpoint's `fim_region_lines` (None when unknown or 0)."""
+    return near_lines_for(int(run_config_of(checkpoint).get("fim_region_lines") or 0))
 
 
 def trained_context_len(checkpoint: Union[str, Path, None]) -> Optional[int]:
@@ -286,6 +383,7 @@ def infill(
     seed: int = 0,
     batch_size: int = 16,
     context_len: Optional[int] = None,
+    near_lines: Optional[tuple[int, int]] = None,
     heal: Optional[bool] = None,
 ) -> Union[InfillResult, list[InfillResult]]:
     """Fill the hole(s) between `prefix` and `suffix`; one `InfillResult`, or a list for list input.
@@ -296,6 +394,9 @@ def infill(
     the highest mean log-probability. `context_len`: the trained context (default: read from the
     checkpoint's run config); a longer prompt loses its prefix's far end (then, past half the
     context, the suffix's far end), with a warning.
+    `near_lines`: for a model trained with FIM regions, the (prefix lines, suffix lines) around the
+    hole that go inside the FIM sample, the rest of the prefix before it (default: read from the
+    checkpoint's run config, see `near_lines_for`).
     `heal`: token healing of the prefix's trailing whitespace (default: only for mode="lm").
     """
     single = isinstance(prefix, str)
@@ -345,8 +446,11 @@ def infill(
             raise ValueError(f"the model's embedding has {vocab_limit} rows but the FIM token ids {too_big} are beyond "
                              "it: this checkpoint was not trained with FIM tokens; resize it with "
                              "mamba_nb.model.resize_embeddings and fine-tune with FIM first")
+    source = getattr(model, "name_or_path", None) or model.config._name_or_path
     if context_len is None:
-        context_len = trained_context_len(getattr(model, "name_or_path", None) or model.config._name_or_path)
+        context_len = trained_context_len(source)
+    if near_lines is None:
+        near_lines = trained_near_lines(source)
     if heal is None:
         heal = mode == "lm"
 
@@ -354,28 +458,8 @@ def infill(
     if heal:
         split = [_split_heal(p) for p in prefixes]
         prefixes, heals = [s[0] for s in split], [s[1] for s in split]
-    overhead = {"psm": 3, "spm": 3, "lm": 0}[mode]
-    budget = max(context_len - overhead, 1) if context_len is not None else None
-    if mode == "lm":
-        suffixes = [""] * len(prefixes)
-    if budget is not None:
-        prefix_ids = _encode_near(tokenizer, prefixes, budget, at_end=True)
-        suffix_ids = _encode_near(tokenizer, suffixes, budget, at_end=False)
-    else:
-        prefix_ids, suffix_ids = _encode(tokenizer, prefixes), _encode(tokenizer, suffixes)
-    rows: list[_Row] = []
-    truncated = []
-    for i, (p, s) in enumerate(zip(prefix_ids, suffix_ids)):
-        if budget is not None:
-            p, s, over = _truncate(p, s, budget)
-            if over:  # (windows hold more than `budget` tokens whenever they cut, so this catches them)
-                kept = len(tokenizer.decode(p)) + len(tokenizer.decode(s))
-                truncated.append((i, len(prefixes[i]) + len(suffixes[i]) - kept))
-        prompt = build_prompt(p, s, mode, fim)
-        if not prompt:  # an empty left-to-right prompt: start from the document boundary
-            prompt = [eot]
-        for _ in range(best_of):
-            rows.append(_Row(prompt, heals[i], i, []))
+    prompts, truncated = encode_prompts(tokenizer, prefixes, suffixes, mode, fim, context_len, near_lines=near_lines)
+    rows = [_Row(prompt, heals[i], i, []) for i, prompt in enumerate(prompts) for _ in range(best_of)]
     if truncated:
         warnings.warn(
             f"{len(truncated)} prompt(s) were longer than the trained context_len={context_len} tokens; "
