@@ -28,6 +28,7 @@ from mamba_nb.config import ModelConfig
 from mamba_nb.tokenizer import FimTokens
 
 ARCHS = ("mamba", "mamba2")
+PEER_ARCHS = ("llama",)  # not a Mamba: the transformer the course compares with (training and losses only)
 VOCAB_MULTIPLE = 8  # the public checkpoints pad the vocabulary to a multiple of 8 (50277 -> 50280)
 
 # Size presets: preset -> arch -> HF config fields. Everything not named here is the
@@ -38,6 +39,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "micro": {
         "mamba": dict(hidden_size=32, num_hidden_layers=2, state_size=8),
         "mamba2": dict(hidden_size=32, num_hidden_layers=2, state_size=16, head_dim=16, chunk_size=16),
+        "llama": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
     },
     # The course's CPU model (6M parameters with an 8k vocabulary). Untied embeddings: in the
     # course's 10 minutes they reach a lower validation loss than tied ones (about 0.15 nats, both
@@ -47,6 +49,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "mamba": dict(hidden_size=256, num_hidden_layers=4, state_size=16, tie_word_embeddings=False),
         "mamba2": dict(hidden_size=256, num_hidden_layers=4, state_size=64, head_dim=32, chunk_size=64,
                        tie_word_embeddings=False),
+        # as many parameters per token as Mamba-1 tiny (1.8M outside the embeddings)
+        "llama": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384,
+                      tie_word_embeddings=False),
     },
     "130m": {
         "mamba": dict(hidden_size=768, num_hidden_layers=24),
@@ -76,10 +81,11 @@ _ARCH_DEFAULTS = {
                   residual_in_fp32=True, tie_word_embeddings=True),
     "mamba2": dict(state_size=128, expand=2, conv_kernel=4, head_dim=64, n_groups=1, chunk_size=256,
                    use_bias=False, use_conv_bias=True, residual_in_fp32=True, tie_word_embeddings=True),
+    "llama": dict(max_position_embeddings=8192, rms_norm_eps=1e-5),
 }
 
 SCAN_NAMES = {"kernels": "fused kernels (mamba-ssm / causal-conv1d)", "fast": "PyTorch fast scan",
-              "hf": "PyTorch HF reference path"}
+              "hf": "PyTorch HF reference path", "attention": "none (a transformer: attention, SDPA)"}
 
 
 def padded_vocab_size(tokenizer) -> int:
@@ -90,16 +96,28 @@ def padded_vocab_size(tokenizer) -> int:
 
 def model_config(cfg: ModelConfig, tokenizer):
     """The HF config (`MambaConfig` or `Mamba2Config`) of a from-scratch model for `tokenizer`."""
-    from transformers import Mamba2Config, MambaConfig
+    from transformers import LlamaConfig, Mamba2Config, MambaConfig
 
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"arch={cfg.arch!r} is not one of {ARCHS}; pass --arch mamba or --arch mamba2")
+    if cfg.arch not in ARCHS + PEER_ARCHS:
+        raise ValueError(f"arch={cfg.arch!r} is not one of {ARCHS + PEER_ARCHS}; pass --arch mamba or --arch mamba2")
     if cfg.preset not in PRESETS:
         raise ValueError(f"preset={cfg.preset!r} is unknown; pick one of {sorted(PRESETS)} (--preset)")
-    fields = {**_ARCH_DEFAULTS[cfg.arch], **PRESETS[cfg.preset][cfg.arch]}
+    if cfg.arch not in PRESETS[cfg.preset]:
+        have = sorted(p for p, archs in PRESETS.items() if cfg.arch in archs)
+        raise ValueError(f"arch={cfg.arch!r} has no preset {cfg.preset!r}; its presets: {have} (--preset)")
+    sizes = {k: v for k in ("hidden_size", "num_hidden_layers", "state_size")
+             if (v := getattr(cfg, k, None)) is not None}
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a whole number >= 1 (--{name.replace('_', '-')})")
+    if "state_size" in sizes and cfg.arch not in ARCHS:
+        raise ValueError(f"state_size={sizes['state_size']} applies to Mamba only; arch={cfg.arch!r} has no recurrent state")
+    fields = {**_ARCH_DEFAULTS[cfg.arch], **PRESETS[cfg.preset][cfg.arch], **sizes}
     fim = FimTokens.from_tokenizer(tokenizer)
     ids = dict(vocab_size=padded_vocab_size(tokenizer), bos_token_id=fim.eot, eos_token_id=fim.eot,
                pad_token_id=fim.pad)
+    if cfg.arch == "llama":
+        return LlamaConfig(**fields, **ids)
     if cfg.arch == "mamba":
         # time_step_rank "auto" = ceil(hidden / 16), as in the public checkpoints
         return MambaConfig(**fields, **ids, intermediate_size=fields["expand"] * fields["hidden_size"])
@@ -190,7 +208,7 @@ def _load_pretrained(path: str):
             f"could not load a model from {path!r} ({err}); pass a local directory saved with "
             "save_pretrained or a hub id such as state-spaces/mamba-130m-hf (needs network)"
         ) from err
-    if model.config.model_type not in ARCHS:
+    if model.config.model_type not in ARCHS + PEER_ARCHS:
         raise ValueError(f"{path!r} holds a {model.config.model_type!r} model; this course trains {ARCHS} only")
     return model
 
@@ -198,6 +216,8 @@ def _load_pretrained(path: str):
 def _install_scan(model, scan: str) -> str:
     from mamba_nb.scan import apply_scan_path
 
+    if model.config.model_type in PEER_ARCHS:
+        return "attention"  # a transformer: no selective scan to choose
     return apply_scan_path(model, scan)
 
 

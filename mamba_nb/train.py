@@ -51,8 +51,9 @@ TIME_PROBE_STEPS = 10  # at most this many warmup steps are timed to size a time
 
 # Settings a resumed run must share with the checkpoint: anything else would not continue
 # the same run (another model, other windows, another order of data).
-MUST_MATCH = ("arch", "preset", "pretrained", "context_len", "fim_rate", "spm_rate", "fim_level",
-              "seed", "batch_size", "grad_accum")
+MUST_MATCH = ("arch", "preset", "pretrained", "hidden_size", "num_hidden_layers", "state_size", "context_len",
+              "fim_rate", "spm_rate", "fim_level", "fim_region_lines", "line_hole_rate", "seed", "batch_size",
+              "grad_accum")
 
 
 class TrainingError(RuntimeError):
@@ -113,6 +114,18 @@ def estimate_total_steps(cfg: TrainConfig, done: int, elapsed_s: float, step_s: 
     checkpoints come on top, so they never shorten the schedule.
     """
     return max(done + 1, done + int((cfg.time_budget_s - elapsed_s) / step_s))
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, middle_mask: torch.Tensor,
+                  middle_weight: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy over the targets (B, L) that count, FIM-middle targets weighted
+    `middle_weight` times the others (1: the plain token mean, as the FIM paper trains)."""
+    flat = logits.float().flatten(0, 1)  # (B * L, V)
+    if middle_weight == 1.0:
+        return F.cross_entropy(flat, targets.flatten(), ignore_index=IGNORE)
+    per_token = F.cross_entropy(flat, targets.flatten(), ignore_index=IGNORE, reduction="none")
+    weights = torch.where(middle_mask.flatten(), middle_weight, 1.0) * (targets.flatten() != IGNORE)
+    return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def fim_loss_targets(targets: torch.Tensor, middle_mask: torch.Tensor) -> torch.Tensor:
@@ -315,13 +328,16 @@ class DataStream:
 
 @torch.no_grad()
 def validation_losses(model, ds, cfg: TrainConfig, device: torch.device, d: Dist) -> dict:
-    """`val_loss` (FIM off, all tokens) and `val_fim_loss` (FIM on every window, middle tokens).
+    """`val_loss` (FIM off, all tokens), `val_bpb` (the same loss in bits per byte of text, which
+    compares across tokenizers) and `val_fim_loss` (FIM on every window, middle tokens).
 
     The same `eval_windows` windows every time (a fixed seed and epoch 0), split over the
     ranks; losses are token-weighted means over all of them.
     """
+    from mamba_nb.tokenizer import text_bytes_per_token
     from mamba_nb.windows import make_loader
 
+    byte_counts = torch.from_numpy(text_bytes_per_token(ds.tokenizer))
     out = {}
     was_training = model.training
     model.eval()
@@ -332,7 +348,7 @@ def validation_losses(model, ds, cfg: TrainConfig, device: torch.device, d: Dist
             loader, _ = make_loader(ds, "validation", window_config(cfg, fim_rate=fim_rate), cfg.batch_size,
                                     num_workers=0, shuffle=True, rank=d.rank, world_size=d.world_size, epoch=0)
             per_rank = max(1, cfg.eval_windows // d.world_size)
-            total = torch.zeros(2, dtype=torch.float64, device=device)  # (loss sum, tokens)
+            total = torch.zeros(3, dtype=torch.float64, device=device)  # (loss sum, tokens, bytes of text)
             seen = 0
             for batch in loader:
                 if seen >= per_rank:
@@ -347,12 +363,16 @@ def validation_losses(model, ds, cfg: TrainConfig, device: torch.device, d: Dist
                     logits = model(input_ids=x, use_cache=False).logits
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE,
                                        reduction="sum")
-                total += torch.stack([loss.double(), (y != IGNORE).sum().double()])
+                scored = y[y != IGNORE].cpu()
+                total += torch.stack([loss.double(), torch.tensor(float(len(scored)), device=device),
+                                      byte_counts[scored].sum().double().to(device)])
             if d.on:
                 import torch.distributed as dist
 
                 dist.all_reduce(total)
             out[key] = float(total[0] / total[1]) if total[1] > 0 else float("nan")
+            if fim_rate == 0:
+                out["val_bpb"] = float(total[0] / (total[2] * math.log(2))) if total[2] > 0 else float("nan")
     model.train(was_training)
     return out
 
@@ -432,7 +452,8 @@ class Loggers:
 
 
 def _check_resumable(state: dict, cfg: TrainConfig, ds, d: Dist, where: Path) -> None:
-    saved = state["config"]
+    # a setting the checkpoint predates had its default value then
+    saved = {**to_dict(TrainConfig()), **state["config"]}
     changed = {k: (saved.get(k), getattr(cfg, k)) for k in MUST_MATCH if saved.get(k) != getattr(cfg, k)}
     if state["dataset"] != dataset_fingerprint(ds):
         changed["dataset"] = (state["dataset"], dataset_fingerprint(ds))
@@ -619,7 +640,7 @@ def _run(cfg: TrainConfig, d: Dist, budget_s: Optional[float], on_step, on_eval)
                     with sync:
                         with _autocast(device):
                             logits = net(input_ids=x, use_cache=False).logits  # (B, L, V)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+                        loss = training_loss(logits, y, batch["middle_mask"].to(device), cfg.middle_loss_weight)
                         (loss / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
                 mean_loss = float(_mean_over_ranks(loss_sum / cfg.grad_accum, d))

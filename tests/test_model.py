@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mamba_nb.config import ModelConfig
-from mamba_nb.model import (ARCHS, PRESETS, VOCAB_MULTIPLE, build_model, load_checkpoint, model_config,
+from mamba_nb.model import (ARCHS, PEER_ARCHS, PRESETS, VOCAB_MULTIPLE, build_model, load_checkpoint, model_config,
                             padded_vocab_size, resize_embeddings)
 from mamba_nb.tokenizer import EOT, SPECIAL_TOKENS, FimTokens, load_hf_tokenizer, train_bpe
 
@@ -197,6 +197,20 @@ def test_load_checkpoint_accepts_run_dir_latest_and_plain_dirs(tmp_path, tok):
 
 
 def test_presets_table_is_complete():
-    # every preset offers both architectures, so --arch never meets a missing size
+    # every preset offers both Mamba architectures, so --arch never meets a missing size; the
+    # transformer peer exists only where the course compares with it
     for name, by_arch in PRESETS.items():
-        assert set(by_arch) == set(ARCHS), name
+        assert set(ARCHS) <= set(by_arch) <= set(ARCHS) | set(PEER_ARCHS), name
+    assert {p for p, by_arch in PRESETS.items() if "llama" in by_arch} == {"micro", "tiny"}
+
+
+def test_size_overrides_and_the_transformer_peer(tok):
+    cfg = model_config(ModelConfig(preset="micro", hidden_size=48, num_hidden_layers=3, state_size=4), tok)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.state_size, cfg.intermediate_size) == (48, 3, 4, 96)
+    model, scan = build_model(ModelConfig(arch="llama", preset="micro"), tok, verbose=False)
+    assert scan == "attention" and model.config.model_type == "llama"
+    assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == padded_vocab_size(tok)
+    for bad, match in ((dict(state_size=0), "state_size=0"), (dict(arch="llama", state_size=8), "Mamba only"),
+                       (dict(arch="llama", preset="130m"), "no preset '130m'")):
+        with pytest.raises(ValueError, match=match):
+            model_config(ModelConfig(**{"preset": "micro", **bad}), tok)
