@@ -341,6 +341,21 @@ def test_plot_loss_draws_train_and_both_validation_curves():
     for r in recs:
         (live.on_eval if r["kind"] == "eval" else live.on_step)(r, None)
     assert live.records == recs
+    shown = live.html()  # the picture, captioned with the step it was drawn at
+    assert 'class="live-loss" data-step="10"' in shown and "data:image/png;base64," in shown
+    assert "training loss 0.500" in shown
+
+
+def test_plot_throughput_shows_speed_and_the_data_wait_share():
+    from mamba_nb.viz.training import plot_throughput
+
+    recs = [{"kind": "train", "step": s, "tokens_per_s": 1000.0 + s, "step_s": 2.0, "data_wait_s": 0.1}
+            for s in range(1, 21)]
+    speed, wait = plot_throughput(recs).axes
+    assert list(speed.lines[0].get_ydata()) == [1000.0 + s for s in range(1, 21)]
+    assert wait.lines[0].get_ydata() == pytest.approx([5.0] * 20)  # 0.1 s of 2 s, in percent
+    assert wait.lines[1].get_ydata()[0] == pytest.approx(5.0)  # the whole run's share
+    assert len(plot_throughput([]).axes[0].lines) == 0
 
 
 def test_plot_schedule_draws_lr_at_for_every_step():

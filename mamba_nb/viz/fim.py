@@ -14,9 +14,7 @@ This module transforms nothing itself and reads no dataset beyond `sample_window
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -24,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mamba_nb.fim import MIDDLE, PAD, PLAIN, PREFIX, ROLE_NAMES, SENTINEL, SUFFIX, FimResult, FimTransform, apply_fim, check_rate
+from mamba_nb.viz.figure import figure
 
 ROLE_STYLE = {
     PLAIN: "",
@@ -97,7 +96,7 @@ def measure_fim_fraction(windows, tokenizer, rates: Sequence[float] = RATES, spm
 
 def plot_fim_fraction(rates, measured, requested: Optional[float] = None, figsize=(4.2, 3.0)) -> Figure:
     """Measured FIM fraction against the requested `fim_rate` (the diagonal is 'as asked')."""
-    fig = Figure(figsize=figsize)
+    fig = figure(figsize=figsize)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="#bbb", ls="--", lw=1, label="as requested")
     ax.plot(rates, measured, marker="o", ms=3, color="#2a9d8f", label="measured")
@@ -112,12 +111,6 @@ def plot_fim_fraction(rates, measured, requested: Optional[float] = None, figsiz
     return fig
 
 
-def _png(fig: Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 @dataclass
 class FimView:
     """What `show_fim` returns: `html` (displayed by Jupyter), the `result`, the `figure`."""
@@ -128,6 +121,9 @@ class FimView:
 
     def _repr_html_(self) -> str:
         return self.html
+
+    def __repr__(self) -> str:  # what a console shows (a notebook shows the HTML)
+        return f"FimView({len(self.result.tokens)} windows, measured FIM fraction {self.result.fim_fraction:.2f})"
 
 
 def show_fim(windows, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, seed: int = 0, epoch: int = 0,
@@ -151,7 +147,7 @@ def show_fim(windows, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, s
         f'<div class="fim-view" data-fim-rate="{fim_rate}" data-spm-rate="{spm_rate}">'
         f"<div>{legend_html()}</div>{summary}"
         f'<div style="display:flex;gap:12px;align-items:flex-start"><div style="flex:1;min-width:0">{samples}</div>'
-        f'<img class="fim-fraction-plot" src="data:image/png;base64,{_png(fig)}" '
+        f'<img class="fim-fraction-plot" src="data:image/png;base64,{fig.png_base64(dpi=90)}" '
         f'alt="measured FIM fraction against the requested fim_rate"/></div></div>'
     )
     return FimView(body, result, fig)

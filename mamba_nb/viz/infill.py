@@ -16,6 +16,10 @@ import difflib
 import html
 from typing import Optional, Sequence
 
+import numpy as np
+
+from mamba_nb.viz.figure import figure
+
 _STYLE = (
     "<style>"
     ".infill-code{font-family:monospace;white-space:pre;line-height:1.35;font-size:12px;}"
@@ -106,11 +110,8 @@ def infill_widget(model, tokenizer, prefix: str = "", suffix: str = "", **infill
 def plot_exact_match_vs_tokens(points: Sequence[dict]):
     """Exact match (and edit similarity) of the FIM prompt against tokens seen in training,
     one point per snapshot. `points`: dicts with tokens_seen, exact_match, edit_similarity."""
-
-    from matplotlib.figure import Figure
-
     pts = sorted(points, key=lambda p: p["tokens_seen"])
-    fig = Figure(figsize=(6, 3.2))
+    fig = figure(figsize=(6, 3.2))
     ax = fig.add_subplot()
     xs = [p["tokens_seen"] for p in pts]
     ax.plot(xs, [p["exact_match"] for p in pts], "o-", label="exact match")
@@ -120,5 +121,70 @@ def plot_exact_match_vs_tokens(points: Sequence[dict]):
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_report(report: dict):
+    """The evaluation table as bars → `Figure`: exact match and edit similarity of the FIM prompt
+    against prefix only (left); the suffix gain of each layout with its 95 % interval (right)."""
+    fig = figure(figsize=(9, 3.2))
+    scores, gains = fig.subplots(1, 2)
+    line = report.get("line", {})
+    metrics = ("exact_match", "edit_similarity")
+    x = np.arange(len(metrics))
+    for k, (prompt, label, color) in enumerate((("fim", f"FIM ({report.get('mode', '')})", "#59a14f"),
+                                               ("prefix_only", "prefix only", "#bab0ac"))):
+        values = [line.get(prompt, {}).get(m, 0.0) for m in metrics]
+        bars = scores.bar(x + (k - 0.5) * 0.38, values, 0.38, label=label, color=color)
+        scores.bar_label(bars, fmt="%.3f", fontsize=7)
+    scores.set_xticks(x, [m.replace("_", " ") for m in metrics])
+    scores.set_ylim(0, 1)
+    scores.set_title(f"held-out lines ({line.get('tasks', 0)} holes)", fontsize=9)
+    scores.legend(fontsize=8)
+    sets = report.get("suffix_gain", {})
+    labels, values, lows, highs = [], [], [], []
+    for name, gain in sets.items():
+        for mode in ("spm", "psm"):
+            if mode in gain:
+                labels.append(f"{name}\n{mode}")
+                values.append(gain[mode]["gain"])
+                lows.append(gain[mode]["gain"] - gain[mode]["interval"][0])
+                highs.append(gain[mode]["interval"][1] - gain[mode]["gain"])
+    if labels:
+        gains.bar(range(len(values)), values, yerr=[lows, highs], capsize=3,
+                  color=["#4e79a7" if v > 0 else "#e15759" for v in values])
+        gains.set_xticks(range(len(values)), labels, fontsize=7)
+    gains.axhline(0, color="black", lw=0.8)
+    gains.set_ylabel("suffix gain (nats / token)")
+    gains.set_title("what reading the suffix is worth", fontsize=9)
+    for ax in (scores, gains):
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def plot_suffix_gain_curve(points: Sequence[dict]):
+    """Suffix gain (with its 95 % interval) of each snapshot against the tokens it had seen →
+    `Figure`: when does the model start to use the suffix? `points`: dicts with tokens_seen and,
+    per layout ("spm", "psm"), {"gain", "interval"}."""
+    pts = sorted(points, key=lambda p: p["tokens_seen"])
+    fig = figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    xs = np.array([p["tokens_seen"] for p in pts])
+    for mode, color in (("spm", "#4e79a7"), ("psm", "#f28e2b")):
+        if not pts or mode not in pts[0]:
+            continue
+        ys = np.array([p[mode]["gain"] for p in pts])
+        lo = np.array([p[mode]["interval"][0] for p in pts])
+        hi = np.array([p[mode]["interval"][1] for p in pts])
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.2)
+        ax.plot(xs, ys, "o-", color=color, label=f"{mode.upper()} prompt")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("training tokens seen")
+    ax.set_ylabel("suffix gain (nats / token)")
+    ax.grid(alpha=0.3)
+    if pts:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

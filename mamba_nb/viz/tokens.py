@@ -12,6 +12,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from mamba_nb.viz.figure import figure
+
 # Pastel backgrounds, cycled: neighbouring tokens always differ in color.
 COLORS = ["#fde2e4", "#e2ece9", "#dfe7fd", "#fff1c1", "#e8dff5", "#d7f9f1"]
 _VISIBLE = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}
@@ -69,9 +71,8 @@ def plot_document_lengths(lengths: Mapping[str, Sequence[int]], title: str = "Do
 
     `lengths` maps a split name to its documents' lengths, e.g. `ds.doc_spans(split)[:, 1]`.
     """
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 3.5))
+    fig = figure(figsize=(7, 3.5))
     ax = fig.subplots()
     every = np.concatenate([np.asarray(v, dtype=np.int64) for v in lengths.values()])
     if every.size == 0:
@@ -100,14 +101,13 @@ def token_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
 def plot_token_frequencies(counts: np.ndarray, labels: Optional[Sequence[str]] = None, top: int = 20):
     """Left: rank against frequency on log-log axes (Zipf's law shows as a straight line).
     Right: the `top` most frequent tokens, labelled with `labels[id]` if given → `Figure`."""
-    from matplotlib.figure import Figure
 
     counts = np.asarray(counts)
     order = np.argsort(counts)[::-1]
     used = counts[order][counts[order] > 0]
     if used.size == 0:
         raise ValueError("all counts are zero: nothing to plot")
-    fig = Figure(figsize=(10, 3.8))
+    fig = figure(figsize=(10, 3.8))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     left.loglog(np.arange(1, used.size + 1), used / used.sum())
     left.set_xlabel("rank")

@@ -17,6 +17,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from mamba_nb.viz.figure import figure
+
 
 def read_metrics(path) -> list[dict]:
     """The records of `<run>/metrics.jsonl` (a run directory or the file itself)."""
@@ -42,9 +44,8 @@ def smooth(values: Iterable[float], weight: float = 0.9) -> np.ndarray:
 
 def plot_loss(records: list[dict], smoothing: float = 0.9, title: Optional[str] = None):
     """Training and validation loss (nats per token) against tokens seen → `Figure`."""
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4))
+    fig = figure(figsize=(7, 4))
     ax = fig.add_subplot()
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -71,14 +72,13 @@ def plot_loss(records: list[dict], smoothing: float = 0.9, title: Optional[str] 
 
 def plot_schedule(lr: float, warmup_steps: int, min_lr_ratio: float, total_steps: int):
     """The learning rate of every step of a run (`train.lr_at`) → `Figure`."""
-    from matplotlib.figure import Figure
 
     from mamba_nb.config import TrainConfig
     from mamba_nb.train import lr_at
 
     cfg = TrainConfig(lr=lr, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
     steps = np.arange(total_steps)
-    fig = Figure(figsize=(6, 3))
+    fig = figure(figsize=(6, 3))
     ax = fig.add_subplot()
     ax.plot(steps + 1, [lr_at(int(s), cfg, total_steps) for s in steps])
     ax.axvline(warmup_steps, color="gray", linestyle=":", label=f"end of warmup (step {warmup_steps})")
@@ -91,6 +91,35 @@ def plot_schedule(lr: float, warmup_steps: int, min_lr_ratio: float, total_steps
     return fig
 
 
+def plot_throughput(records: list[dict], smoothing: float = 0.9):
+    """Where a run's time went, step by step → `Figure`: training tokens per second (left) and the
+    share of each step spent waiting for the next batch (right; the data path keeps up when it
+    stays near 0)."""
+    train = [r for r in records if r.get("kind") == "train"]
+    fig = figure(figsize=(9, 3))
+    speed, wait = fig.subplots(1, 2)
+    if train:
+        steps = [r["step"] for r in train]
+        tok_s = [r["tokens_per_s"] for r in train]
+        share = [100 * r["data_wait_s"] / r["step_s"] if r["step_s"] > 0 else 0.0 for r in train]
+        speed.plot(steps, tok_s, color="tab:blue", alpha=0.25, lw=1)
+        speed.plot(steps, smooth(tok_s, smoothing), color="tab:blue")
+        total_wait = sum(r["data_wait_s"] for r in train) / max(sum(r["step_s"] for r in train), 1e-9)
+        wait.plot(steps, share, color="tab:red", alpha=0.6, lw=1)
+        wait.axhline(100 * total_wait, color="black", ls="--", lw=1, label=f"whole run: {100 * total_wait:.1f} %")
+        wait.legend(loc="upper right", fontsize=8)
+        speed.set_title(f"median {np.median(tok_s):,.0f} tokens/s", fontsize=9)
+    speed.set_xlabel("step")
+    speed.set_ylabel("training tokens / s")
+    wait.set_xlabel("step")
+    wait.set_ylabel("waiting for data (% of step)")
+    wait.set_ylim(bottom=0)
+    for ax in (speed, wait):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 class LivePlot:
     """Redraw `plot_loss` in a notebook while `train` runs.
 
@@ -98,7 +127,9 @@ class LivePlot:
         train(cfg, on_step=live.on_step, on_eval=live.on_eval)
 
     Redraws every `every` steps and after each validation, in one display slot that is
-    updated in place (no growing list of figures).
+    updated in place (no growing list of figures). What it shows is `html()`: the picture with a
+    caption naming the step it was drawn at (`<figure class="live-loss" data-step=...>`), so a
+    reader, and the browser test, can tell the curve grew.
     """
 
     def __init__(self, every: int = 10, records: Optional[list[dict]] = None):
@@ -115,14 +146,25 @@ class LivePlot:
         self.records.append(record)
         self.draw()
 
-    def draw(self):
+    def html(self) -> str:
+        """The current picture as HTML: the loss plot (an embedded PNG) and a caption."""
         fig = plot_loss(self.records)
+        train = [r for r in self.records if r.get("kind") == "train"]
+        step = train[-1]["step"] if train else 0
+        caption = f"step {step}: training loss {train[-1]['loss']:.3f}" if train else "no steps yet"
+        return (f'<figure class="live-loss" data-step="{step}" style="margin:0">'
+                f'<img src="data:image/png;base64,{fig.png_base64()}" alt="loss curve at step {step}"/>'
+                f'<figcaption style="font-size:12px">{caption}</figcaption></figure>')
+
+    def draw(self):
+        """Show (or update in place) the picture; returns its HTML."""
+        html = self.html()
         try:
-            from IPython.display import display
+            from IPython.display import HTML, display
         except ImportError:  # not in IPython: nothing to redraw into
-            return fig
+            return html
         if self._handle is None:
-            self._handle = display(fig, display_id=True)
+            self._handle = display(HTML(html), display_id=True)
         else:
-            self._handle.update(fig)
-        return fig
+            self._handle.update(HTML(html))
+        return html

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from mamba_nb.sampler import WindowSampler
+from mamba_nb.viz.figure import figure
 
 WINDOW_COLORS = ["#4e79a7", "#a0cbe8"]  # alternate, so neighbouring windows differ
 GROUP_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7"]
@@ -46,7 +47,7 @@ def plot_epoch_windows(sampler: WindowSampler, doc_spans: Optional[np.ndarray] =
             lo = later[0] - 3 * ctx if later else 0
         token_range = (lo, min(sampler.num_tokens, lo + 7 * ctx))
     lo, hi = token_range
-    fig = Figure(figsize=figsize)
+    fig = figure(figsize=figsize)
     ax = fig.add_subplot()
     for row, epoch in enumerate(epochs):
         starts = sampler.epoch_starts(epoch)
@@ -98,7 +99,7 @@ def plot_shards(num_tokens: int, context_len: int, world_size: int = 2, num_work
     `token_range` (default: the first 40 windows' worth) zooms in."""
     table = shard_table(num_tokens, context_len, world_size, num_workers, batch_size, seed, epoch)
     lo, hi = token_range or (0, min(num_tokens, 40 * context_len))
-    fig = Figure(figsize=figsize)
+    fig = figure(figsize=figsize)
     axes = fig.subplots(2, 1, sharex=True)
     for ax, col, what, n in ((axes[0], 1, "rank", world_size), (axes[1], 2, "worker", num_workers)):
         for start, group in zip(table[:, 0], table[:, col]):
@@ -114,5 +115,43 @@ def plot_shards(num_tokens: int, context_len: int, world_size: int = 2, num_work
     axes[1].set_xlim(lo, hi)
     axes[1].set_xlabel(f"token position — epoch {epoch}, {len(table)} windows, "
                        f"{math.ceil(len(table) / world_size / batch_size)} batches of {batch_size} per rank")
+    fig.tight_layout()
+    return fig
+
+
+def untrained_pairs(sampler: WindowSampler, num_epochs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Next-token pairs not yet trained after 1..num_epochs epochs: (ours, the original grid's), each (num_epochs,).
+
+    Ours: the windows of every epoch (a new offset each time). The original project's grid:
+    windows of `context_len + 1` tokens every `context_len + 1` tokens, the same every epoch."""
+    n_pairs, ctx = sampler.num_tokens - 1, sampler.context_len
+    ours, grid = np.zeros(n_pairs, dtype=bool), np.zeros(n_pairs, dtype=bool)
+    for start in range(0, sampler.num_tokens - ctx, ctx + 1):
+        grid[start: start + ctx] = True
+    left_ours = []
+    for epoch in range(num_epochs):
+        for start in sampler.epoch_starts(epoch):
+            ours[start: start + ctx] = True
+        left_ours.append(n_pairs - int(ours.sum()))
+    return np.array(left_ours), np.full(num_epochs, n_pairs - int(grid.sum()))
+
+
+def plot_untrained_pairs(sampler: WindowSampler, num_epochs: int = 8, figsize=(7, 3.2)) -> Figure:
+    """How many next-token pairs have never been trained after each epoch, ours against the
+    original grid (which misses the same pair at every window edge, every epoch)."""
+    ours, grid = untrained_pairs(sampler, num_epochs)
+    epochs = np.arange(1, num_epochs + 1)
+    fig = figure(figsize=figsize)
+    ax = fig.add_subplot()
+    ax.plot(epochs, grid, "s--", color="#e15759", label="original grid (fixed, ctx + 1 apart)")
+    ax.plot(epochs, ours, "o-", color="#4e79a7", label="WindowSampler (new offset each epoch)")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(epochs)
+    ax.set_xlabel("epochs trained")
+    ax.set_ylabel("pairs never trained yet")
+    ax.set_title(f"{sampler.num_tokens - 1:,} next-token pairs, context_len {sampler.context_len}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
