@@ -257,8 +257,10 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
     report["line"]["prefix_only"].pop("clean_rate")  # a left-to-right prompt has no middle to end
     report["examples"] = [
         {"source": t.source, "before": t.prefix.rstrip("\n").rsplit("\n", 1)[-1], "truth": t.middle, "fim": f.text,
-         "prefix_only": p.text, "after": t.suffix.lstrip("\n").split("\n", 1)[0]}
-        for t, f, p in list(zip(tasks, fim_results, lm_results))[:10]
+         "prefix_only": p.text, "after": t.suffix.lstrip("\n").split("\n", 1)[0],
+         "suffix_helped": round(edit_similarity(f.text.strip(), t.middle.strip())
+                                - edit_similarity(p.text.strip(), t.middle.strip()), 4)}
+        for t, f, p in zip(tasks, fim_results, lm_results)
     ]
 
     # suffix gain: does the model use the text after the hole?
@@ -307,20 +309,10 @@ def gain_report(model, tokenizer, ds, cfg: EvalConfig, context_len: Optional[int
             for name, tasks in gain_sets(ds, cfg, tokenizer).items()}
 
 
-def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, mode: str = INFILL_MODE,
-                    progress: bool = False, max_line_tokens: int = MAX_LINE_TOKENS,
-                    max_snapshots: Optional[int] = None) -> list[dict]:
-    """Single-line scores (FIM prompt) of the snapshots of a run, against the tokens it had seen:
-    dicts with step, tokens_seen, exact_match, edit_similarity, clean_rate (notebook 05's curve).
-
-    `max_snapshots`: score only that many, spread evenly and always including the last (each
-    snapshot costs `num_line_tasks` infills)."""
+def _snapshots(run_dir, max_snapshots: Optional[int]) -> list[dict]:
+    """The run's snapshots, or `max_snapshots` of them spread evenly, always including the last."""
     from mamba_nb.checkpoint import list_snapshots
-    from mamba_nb.dataset import TokenDataset, open_dataset
-    from mamba_nb.infill import trained_context_len
-    from mamba_nb.model import load_checkpoint
 
-    ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset)
     snapshots = list_snapshots(run_dir)
     if not snapshots:
         raise FileNotFoundError(f"no snapshots in {str(Path(run_dir) / 'snapshots')!r}; train first "
@@ -329,14 +321,51 @@ def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, m
         last = len(snapshots) - 1
         picks = [round(k * last / (max_snapshots - 1)) for k in range(max_snapshots)] if max_snapshots > 1 else [last]
         snapshots = [snapshots[i] for i in picks]
+    return snapshots
+
+
+def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, mode: str = INFILL_MODE,
+                    progress: bool = False, max_line_tokens: int = MAX_LINE_TOKENS,
+                    max_snapshots: Optional[int] = None) -> list[dict]:
+    """Single-line scores (FIM prompt) of the snapshots of a run, against the tokens it had seen:
+    dicts with step, tokens_seen, exact_match, edit_similarity, clean_rate (notebook 05's curve).
+
+    `max_snapshots`: score only that many, spread evenly and always including the last (each
+    snapshot costs `num_line_tasks` infills)."""
+    from mamba_nb.dataset import TokenDataset, open_dataset
+    from mamba_nb.infill import trained_context_len
+    from mamba_nb.model import load_checkpoint
+
+    ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset)
     docs = list(ds.documents("validation"))
     points = []
-    for snap in snapshots:
+    for snap in _snapshots(run_dir, max_snapshots):
         model, tokenizer = load_checkpoint(snap["path"])
         tasks = line_tasks(docs, num_line_tasks, seed, tokenizer, max_line_tokens)
         results = _infill_all(model, tokenizer, tasks, mode, trained_context_len(snap["path"]),
                               f"step {snap['step']}", progress, max_line_tokens)
         points.append({"step": snap["step"], "tokens_seen": snap.get("tokens_seen", 0), **_scores(tasks, results)})
+    return points
+
+
+def snapshot_gains(run_dir, dataset, cfg: Optional[EvalConfig] = None, max_snapshots: Optional[int] = None) -> list[dict]:
+    """The suffix gain of each snapshot of a run on `cfg.tasks_from`'s lines (held-out lines when
+    it is unset): dicts with step, tokens_seen and, per layout ("spm", "psm"), {"gain", "interval",
+    ...} (notebook 05's curve: when does the model start to use the suffix?)."""
+    from mamba_nb.dataset import TokenDataset, open_dataset
+    from mamba_nb.infill import trained_context_len
+    from mamba_nb.model import load_checkpoint
+    from mamba_nb.suffix_gain import suffix_gain
+
+    cfg = cfg or EvalConfig()
+    ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset)
+    points, tasks = [], None
+    for snap in _snapshots(run_dir, max_snapshots):
+        model, tokenizer = load_checkpoint(snap["path"])
+        if tasks is None:  # the same holes for every snapshot
+            tasks = list(gain_sets(ds, cfg, tokenizer).values())[-1]
+        gain = suffix_gain(model, tokenizer, tasks, context_len=trained_context_len(snap["path"]), seed=cfg.seed)
+        points.append({"step": snap["step"], "tokens_seen": snap.get("tokens_seen", 0), **gain})
     return points
 
 
@@ -365,21 +394,33 @@ def format_table(report: dict) -> str:
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
 
-def format_examples(report: dict, n: int = 3) -> str:
-    """The first `n` held-out holes of a report: the line above, the truth and the infills
-    (FIM prompt and prefix only) one under the other, and the line below."""
-    blocks = []
-    for ex in report.get("examples", [])[:n]:
-        mark = "exact" if exact_match(ex["fim"], ex["truth"]) else f"edit similarity {edit_similarity(ex['fim'].strip(), ex['truth'].strip()):.2f}"
-        blocks.append("\n".join([
-            f"--- {ex['source']} ({mark})",
-            f"  above        | {ex['before']}",
-            f"  truth        | {ex['truth']}",
-            f"  FIM infill   | {ex['fim']}",
-            f"  prefix only  | {ex['prefix_only']}",
-            f"  below        | {ex['after']}",
-        ]))
-    return "\n".join(blocks)
+def _example_block(ex: dict) -> str:
+    mark = ("exact" if exact_match(ex["fim"], ex["truth"])
+            else f"edit similarity {edit_similarity(ex['fim'].strip(), ex['truth'].strip()):.2f}")
+    return "\n".join([
+        f"--- {ex['source']} ({mark})",
+        f"  above        | {ex['before']}",
+        f"  truth        | {ex['truth']}",
+        f"  FIM infill   | {ex['fim']}",
+        f"  prefix only  | {ex['prefix_only']}",
+        f"  below        | {ex['after']}",
+    ])
+
+
+def format_examples(report: dict, n: int = 2) -> str:
+    """Held-out holes side by side: the `n` where the FIM prompt beat prefix only by most (edit
+    similarity: the suffix helped), then the first `n` where it did not; each with the line above,
+    the truth, both infills and the line below, and how many holes fall in each group."""
+    examples = report.get("examples", [])
+    helped = sorted((ex for ex in examples if ex["suffix_helped"] > 0), key=lambda ex: -ex["suffix_helped"])
+    rest = [ex for ex in examples if ex["suffix_helped"] <= 0]
+    worse = sum(ex["suffix_helped"] < 0 for ex in examples)
+    out = [f"the FIM prompt beat prefix only on {len(helped)} of {len(examples)} held-out holes, lost on {worse} "
+           f"(edit similarity); where the suffix helped most:"]
+    out += [_example_block(ex) for ex in helped[:n]]
+    out.append("and where it did not (the first such holes):")
+    out += [_example_block(ex) for ex in rest[:n]]
+    return "\n".join(out)
 
 
 def evaluate_cli(cfg: EvalConfig) -> dict:
@@ -397,5 +438,6 @@ def evaluate_cli(cfg: EvalConfig) -> dict:
 
 
 __all__ = ["LineTask", "levenshtein", "edit_similarity", "exact_match", "mask_line", "line_tasks",
-           "humaneval_problems", "humaneval_tasks", "check_program", "evaluate", "snapshot_scores", "format_table",
+           "humaneval_problems", "humaneval_tasks", "check_program", "evaluate", "snapshot_scores", "snapshot_gains",
+           "block_tasks", "documents_from", "package_dir", "gain_sets", "gain_report", "format_table",
            "format_examples", "evaluate_cli"]
