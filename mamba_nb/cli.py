@@ -78,8 +78,18 @@ def _is_user_error(e: Exception) -> bool:
     return isinstance(e, (ValueError, FileNotFoundError)) or type(e).__module__.startswith("mamba_nb.")
 
 
+# Commands that train or evaluate: worth an allocator that keeps big blocks (allocator.py).
+HEAVY = ("train", "evaluate", "course", "build-dataset")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in HEAVY:
+        from mamba_nb import allocator
+
+        if argv is None:  # a real command line: safe to re-execute it
+            allocator.use_tcmalloc()
+        print(allocator.describe(), file=sys.stderr)
     try:
         COMMANDS[args.command][3](args)
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import subprocess
 import sys
@@ -148,3 +149,16 @@ def test_cli_subprocess_help_and_error(tmp_path):
     )
     assert proc.returncode == 2 and str(tmp_path) in proc.stderr and "**/*.py" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def test_heavy_commands_print_the_allocator_and_use_tcmalloc_where_installed(tmp_path):
+    from mamba_nb.allocator import find_tcmalloc
+
+    cmd = [sys.executable, "-m", "mamba_nb", "build-dataset", "--source", "dir", "--path", str(tmp_path / "nothing")]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAMBA_NB_ALLOCATOR", "LD_PRELOAD")}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2 and "error:" in run.stderr  # the bad path, as one line
+    expected = "tcmalloc" if find_tcmalloc() else "system (glibc malloc)"
+    assert f"memory allocator: {expected}" in run.stderr
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**env, "MAMBA_NB_ALLOCATOR": "system"}, timeout=120)
+    assert "memory allocator: system (glibc malloc)" in run.stderr

@@ -304,6 +304,9 @@ def _write_lab_settings(settings_dir: Path) -> None:
         "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
             "fetchNews": "false", "checkForUpdates": False,
         },
+        # Every cell stays in the page (no virtual scrolling): outputs far down a notebook can be
+        # counted, and a full-length screenshot shows them all.
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     }
     for rel, value in plugins.items():
         path = settings_dir / rel
@@ -381,17 +384,19 @@ def notebook_state(page, rel_path: str) -> dict:
     return page.evaluate(_NOTEBOOK_STATE_JS, rel_path)
 
 
-def run_all(page, rel_path: str, timeout_s: float, through: str | None = None) -> dict:
+def run_all(page, rel_path: str, timeout_s: float, through: str | None = None, start: bool = True) -> dict:
     """Run the notebook's cells with JupyterLab's own commands and wait until they are done.
 
     `through=None`: "Run All Cells". `through="text"`: the first code cell whose source
     contains `text` and every cell above it (selected, then "Run Selected Cells"), which is
     what a learner does to reach a widget without running the rest.
     Fails fast, with the traceback, when a cell raises (JupyterLab stops the run there,
-    so waiting for the rest would only time out).
+    so waiting for the rest would only time out). `start=False`: the run was started already
+    (`start_run_all`); only wait for it.
     """
     if through is None:
-        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        if start:
+            start_run_all(page)
         last = None
     else:
         last = page.evaluate(_SELECT_CELL_JS, [rel_path, through])
@@ -418,6 +423,27 @@ def run_all(page, rel_path: str, timeout_s: float, through: str | None = None) -
         time.sleep(0.5)
     pending = [c["source"][:80] for c in state.get("cells", []) if c["count"] is None]
     raise TimeoutError(f"{rel_path}: cells not finished after {timeout_s:.0f}s; not run: {pending}")
+
+
+def start_run_all(page) -> None:
+    """Press "Run All Cells" and return at once (`run_all(..., start=False)` waits for it)."""
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+
+
+def full_notebook_screenshot(page, name: str, max_height: int = 30000) -> Path:
+    """A PNG of the whole notebook, top to bottom: the page is made as tall as the notebook's
+    content (up to `max_height` pixels), the notebook scrolled to its top, then photographed."""
+    height = page.evaluate(
+        "() => { const s = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer')"
+        " || document.querySelector('.jp-NotebookPanel-notebook'); s.scrollTop = 0; return s.scrollHeight; }"
+    )
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": min(max_height, int(height) + 200)})
+    page.wait_for_timeout(500)
+    try:
+        return screenshot(page, name)
+    finally:
+        page.set_viewport_size(size)
 
 
 # In the page: select every cell from the first through the first code cell whose source
