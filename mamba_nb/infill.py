@@ -201,6 +201,11 @@ def _encode_near_prompts(tokenizer, prefixes, suffixes, mode, fim, context_len, 
             cut_chars = len(parts[i][0]) - len(tokenizer.decode(f[len(f) - r:])) if r else len(parts[i][0])
             f = f[len(f) - r:] if r else []
             truncated.append((i, cut_chars))
+        if r == 0:  # the neighbourhood alone is over budget: cut it as a whole prompt is cut
+            budget = max(context_len - PROMPT_OVERHEAD[mode] - reserves[i], 1)
+            a, b, over = _truncate(a, b, budget)
+            if over:
+                truncated.append((i, len(parts[i][1]) + len(parts[i][2]) - len(tokenizer.decode(a + b))))
         prompts.append(list(f) + build_prompt(a, b, mode, fim))
     return prompts, truncated
 

@@ -111,3 +111,16 @@ def test_near_prompts_put_the_far_prefix_before_the_sample(tok):
     assert text == "a = 1\nb = 2\n<fim_prefix><fim_suffix>\nd = 4\n<fim_middle>c = 3\n" and not cut
     prompts, cut = encode_prompts(tok, [prefix], [suffix], "spm", fim, context_len=14, near_lines=(1, 1))
     assert len(prompts[0]) <= 14 and cut and tok.decode(prompts[0]).endswith("<fim_middle>c = 3\n")
+
+
+@pytest.mark.parametrize("near_lines", [(1, 1), (10**6, 10**6)])
+def test_near_prompts_never_exceed_the_context(tok, near_lines):
+    """Even when the neighbourhood alone is longer than the context (huge near_lines, long lines)."""
+    fim = FimTokens.from_tokenizer(tok)
+    long_line = "x = " + " + ".join(f"value_{i}" for i in range(200))
+    prefix = "\n".join([long_line] * 5) + "\n"
+    suffix = "\n" + "\n".join([long_line] * 5) + "\n"
+    prompts, cut = encode_prompts(tok, [prefix], [suffix], "spm", fim, context_len=64, reserve=10,
+                                  near_lines=near_lines)
+    assert len(prompts[0]) <= 64 - 10 and cut
+    assert tok.decode(prompts[0]).count("<fim_middle>") == 1
