@@ -137,6 +137,15 @@ class LivePlot:
         self.records: list[dict] = list(records or [])
         self._handle = None
 
+    @classmethod
+    def for_run(cls, out_dir, every: int = 10) -> "LivePlot":
+        """A live plot that starts from what `out_dir` already logged (nothing for a new run), drawn
+        at once: a finished run shows its curve, a resumed one goes on from it."""
+        metrics = Path(out_dir) / "metrics.jsonl"
+        live = cls(every, read_metrics(metrics) if metrics.is_file() else None)
+        live.draw()
+        return live
+
     def on_step(self, record: dict, *_) -> None:
         self.records.append(record)
         if record["step"] % self.every == 0:

@@ -16,10 +16,12 @@ import pytest
 from .lab_harness import (
     CHROMIUM_ARGS,
     ENABLE_HINT,
+    NOTEBOOK_DIR,
     LabServer,
     browser_required,
     find_chromium,
     screenshot,
+    stage_tree,
 )
 
 
@@ -141,3 +143,17 @@ def lab(lab_tree, browser_context):
         if server is not None:
             server.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def course(lab, lab_tree):
+    """`course(name)` copies notebook `name` into a scratch tree served by `lab` and
+    returns its path on the server."""
+
+    def stage(name: str) -> str:
+        src = NOTEBOOK_DIR / name
+        assert src.exists(), f"course notebook missing: {src}"
+        stage_tree(lab_tree / "course", {name: src})
+        return f"course/notebooks/{name}"
+
+    return stage

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# Where the notebooks under test come from. MAMBA_NB_NOTEBOOK_DIR points the tests at
+# other copies, e.g. one with a deliberately broken callback, to see that they fail.
+NOTEBOOK_DIR = Path(os.environ.get("MAMBA_NB_NOTEBOOK_DIR", REPO / "notebooks"))
 # Screenshots land here (gitignored): what a person looks at when a test fails.
 OUTPUT_DIR = REPO / "test-output" / "browser"
 

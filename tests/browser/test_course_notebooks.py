@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
 from .lab_harness import (
-    REPO,
     WIDGET_UPDATE_S,
     assert_widgets_rendered,
     collapse_side_panels,
@@ -39,7 +37,6 @@ from .lab_harness import (
     run_all,
     screenshot,
     slider,
-    stage_tree,
     widget_cell,
 )
 
@@ -48,25 +45,6 @@ NB05 = "05_infill_code.ipynb"
 # A smoke-mode notebook runs in well under a minute under nbmake; JupyterLab on a shared
 # 2-core machine is slower, and 05 may first train its smoke model. Bounded all the same.
 RUN_ALL_S = 180
-
-
-# Where the notebooks under test come from. MAMBA_NB_NOTEBOOK_DIR points the tests at
-# other copies, e.g. one with a deliberately broken callback, to see that they fail.
-NOTEBOOK_DIR = Path(os.environ.get("MAMBA_NB_NOTEBOOK_DIR", REPO / "notebooks"))
-
-
-@pytest.fixture(scope="module")
-def course(lab, lab_tree):
-    """`course(name)` copies notebook `name` into a scratch tree served by `lab` and
-    returns its path on the server."""
-
-    def stage(name: str) -> str:
-        src = NOTEBOOK_DIR / name
-        assert src.exists(), f"course notebook missing: {src}"
-        stage_tree(lab_tree / "course", {name: src})
-        return f"course/notebooks/{name}"
-
-    return stage
 
 
 # In the page: what the FIM widget's output shows right now (see mamba_nb/viz/fim.py).
