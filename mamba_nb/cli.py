@@ -89,7 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         if argv is None:  # a real command line: safe to re-execute it
             allocator.use_tcmalloc()
-        print(allocator.describe(), file=sys.stderr)
+        print(allocator.describe(), flush=True)
     try:
         COMMANDS[args.command][3](args)
     except KeyboardInterrupt:

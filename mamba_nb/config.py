@@ -29,8 +29,108 @@ OUTSIDE_PACKAGE = "requests"
 DEFAULT_RUN_DIR = "runs/course"
 
 
+# --- checking values: types and ranges, whatever they came from (flags, YAML, code) -----------
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_type(owner: str, name: str, value: Any, tp: Any) -> Any:
+    """`value` as field `name` of type `tp` wants it (an int is a float too), or ValueError."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union:
+        if value is None:
+            return None
+        tp = args[0]
+    hint = f"({_flag(name)}, or `{name}:` in a YAML file)"
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be true or false {hint}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            what = "a string; write the number without quotes" if isinstance(value, str) else "not a whole number"
+            raise ValueError(f"{name}={value!r} is {what} {hint}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            what = ("a string; write a number (YAML reads 3e-3 as text: write 3.0e-3 or 0.003)"
+                    if isinstance(value, str) else "not a number")
+            raise ValueError(f"{name}={value!r} is {what} {hint}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{name}={value!r} must be a finite number {hint}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}={value!r} must be text {hint}")
+    elif typing.get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{name}={value!r} must be a list of text {hint}")
+        value = list(value)
+    return value
+
+
+# field -> (check, what it must be). Applied after the types; None passes where None is allowed.
+_RULES: dict[str, tuple[Any, str]] = {
+    "vocab_size": (lambda v: v >= 261, ">= 261 (every byte plus the special tokens)"),
+    "validation_fraction": (lambda v: 0 < v < 1, "between 0 and 1, e.g. 0.05"),
+    "max_documents": (lambda v: v >= 1, ">= 1"),
+    "max_document_bytes": (lambda v: v >= 1, ">= 1"),
+    "source": (lambda v: v in ("stdlib", "dir", "hf"), "one of stdlib, dir, hf"),
+    "context_len": (lambda v: v >= 2, ">= 2"),
+    "fim_rate": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "spm_rate": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "line_hole_rate": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "fim_region_lines": (lambda v: v >= 0, ">= 0 (0: whole documents)"),
+    "fim_level": (lambda v: v in ("char", "token"), "char or token"),
+    "arch": (lambda v: v in ("mamba", "mamba2", "llama"), "mamba, mamba2 or llama"),
+    "scan": (lambda v: v in ("auto", "kernels", "fast", "hf"), "one of auto, kernels, fast, hf"),
+    "hidden_size": (lambda v: v >= 1, ">= 1"),
+    "num_hidden_layers": (lambda v: v >= 1, ">= 1"),
+    "state_size": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "grad_accum": (lambda v: v >= 1, ">= 1"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "max_steps": (lambda v: v >= 1, ">= 1 (or leave it unset and give --time-budget-s)"),
+    "time_budget_s": (lambda v: v >= 0, ">= 0 seconds (0: no time limit)"),
+    "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "middle_loss_weight": (lambda v: v > 0, "> 0"),
+    "eval_every": (lambda v: v >= 1, ">= 1 step"),
+    "eval_windows": (lambda v: v >= 1, ">= 1 window"),
+    "save_every": (lambda v: v >= 1, ">= 1 step"),
+    "num_workers": (lambda v: v >= 0, ">= 0"),
+    "device": (lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"), "auto, cpu, cuda[:N] or mps"),
+    "mode": (lambda v: v in ("spm", "psm", "lm"), "spm, psm or lm"),
+    "max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "temperature": (lambda v: v >= 0, ">= 0 (0: greedy)"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "best_of": (lambda v: v >= 1, ">= 1"),
+    "num_line_tasks": (lambda v: v >= 0, ">= 0"),
+    "num_loss_windows": (lambda v: v >= 0, ">= 0"),
+    "num_gain_tasks": (lambda v: v >= 0, ">= 0"),
+    "humaneval_limit": (lambda v: v >= 1, ">= 1 (leave it unset for every task)"),
+    "max_line_tokens": (lambda v: v >= 1, ">= 1"),
+}
+
+
+class Checked:
+    """Mixin of the config dataclasses: every field is checked (type, then range) on creation, so
+    a bad value fails here with its name and flag, not deep inside a run."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _check_type(type(self).__name__, f.name, getattr(self, f.name), hints[f.name])
+            rule = _RULES.get(f.name)
+            if rule is not None and value is not None and not rule[0](value):
+                raise ValueError(f"{f.name}={value!r} must be {rule[1]} ({_flag(f.name)})")
+            object.__setattr__(self, f.name, value)
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """Corpus → tokenizer → Lance token dataset (notebook 01, `build-dataset`)."""
 
     source: str = "stdlib"  # "stdlib" | "dir" | "hf"
@@ -50,7 +150,7 @@ class DataConfig:
 
 
 @dataclass
-class WindowConfig:
+class WindowConfig(Checked):
     """Where windows fall and what FIM does to them (notebooks 02 and 03)."""
 
     context_len: int = 256
@@ -65,7 +165,7 @@ class WindowConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     """Which Mamba, how big, from scratch or from a checkpoint (notebook 04)."""
 
     # "mamba" (Mamba-1) | "mamba2". Mamba-1 is the course default: on the fast PyTorch scan it
@@ -118,7 +218,7 @@ INFILL_MODE = "spm"
 
 
 @dataclass
-class InfillConfig:
+class InfillConfig(Checked):
     """How a hole is filled (notebook 05, `infill`)."""
 
     checkpoint: str = DEFAULT_RUN_DIR
@@ -132,7 +232,7 @@ class InfillConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """What `evaluate` measures for a checkpoint (notebook 05, `evaluate`)."""
 
     checkpoint: str = DEFAULT_RUN_DIR
@@ -190,7 +290,16 @@ def from_sources(cls: type, args: Optional[argparse.Namespace] = None, **overrid
         path = Path(config_file)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist; pass a YAML file of settings")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            raise ValueError(f"config file {str(path)!r} is not valid YAML{at}: "
+                             f"{getattr(err, 'problem', None) or err}; fix it or pass the settings as flags") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {str(path)!r} holds a {type(loaded).__name__}, not settings; write one "
+                             "`name: value` per line (e.g. `context_len: 256`)")
         unknown = sorted(set(loaded) - names)
         if unknown:
             raise ValueError(

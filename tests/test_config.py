@@ -159,6 +159,6 @@ def test_heavy_commands_print_the_allocator_and_use_tcmalloc_where_installed(tmp
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 2 and "error:" in run.stderr  # the bad path, as one line
     expected = "tcmalloc" if find_tcmalloc() else "system (glibc malloc)"
-    assert f"memory allocator: {expected}" in run.stderr
+    assert f"memory allocator: {expected}" in run.stdout
     run = subprocess.run(cmd, capture_output=True, text=True, env={**env, "MAMBA_NB_ALLOCATOR": "system"}, timeout=120)
-    assert "memory allocator: system (glibc malloc)" in run.stderr
+    assert "memory allocator: system (glibc malloc)" in run.stdout

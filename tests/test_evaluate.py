@@ -129,8 +129,11 @@ def test_evaluate_reports_every_part_and_the_cli_writes_json(tmp_path, tiny_data
     assert "pass@1" in out and "edit_similarity" in out
     assert format_table(report) in out
     shown = format_examples(report, n=2)
-    assert shown.count("\n--- ") == 1 and shown.startswith("--- ")  # two examples
-    for ex in report["examples"][:2]:
+    helped = sorted((ex for ex in report["examples"] if ex["suffix_helped"] > 0), key=lambda ex: -ex["suffix_helped"])
+    rest = [ex for ex in report["examples"] if ex["suffix_helped"] <= 0]
+    assert shown.count("\n--- ") == min(2, len(helped)) + min(2, len(rest))  # two of each group at most
+    assert f"beat prefix only on {len(helped)} of 4 held-out holes" in shown
+    for ex in helped[:2] + rest[:2]:
         assert f"truth        | {ex['truth']}" in shown and f"FIM infill   | {ex['fim']}" in shown
         where, line_no = ex["source"].removeprefix("validation/").split(":")
         lines = validation[int(where)].split("\n")
