@@ -20,9 +20,12 @@ loading a model (`mamba_nb.model.load_checkpoint`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import yaml
@@ -57,10 +60,12 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> Path:
         write(tmp)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
+        if isinstance(err, Exception):
+            # OSError, and what torch.save / safetensors raise for the same failures (disk full, I/O)
+            kept = f"the previous {final.name!r} is unchanged" if final.exists() else "nothing was written"
             raise CheckpointError(
-                f"could not write {str(final)!r} ({err}); the previous one, if any, is unchanged. "
-                "Free disk space or pick another --out-dir, then run the same command again to resume"
+                f"could not write {str(final)!r} ({_why(err)}); {kept}. Free disk space ({_free(final.parent)} free) "
+                "or pick another --out-dir, then run the same command again to resume"
             ) from err
         raise
     finally:
@@ -72,6 +77,18 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> Path:
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _why(err: BaseException) -> str:
+    text = f"{getattr(err, 'strerror', None) or err}".strip().splitlines()
+    return (text[-1] if text else type(err).__name__)[:300]
+
+
+def _free(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:,.0f} MiB"
+    except OSError:
+        return "unknown"
 
 
 def save_checkpoint(out_dir, model, tokenizer, state: dict, run_config: dict) -> Path:
@@ -124,3 +141,105 @@ def load_training_state(directory) -> dict:
     # weights_only: the state holds tensors and plain Python values only, so loading a
     # checkpoint from someone else cannot run code.
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+# --- the run directory as a whole: what belongs to a run, one trainer at a time ------------------
+
+METRICS_FILE = "metrics.jsonl"
+RUN_ENTRIES = (LATEST, f".{LATEST}.old", SNAPSHOTS, METRICS_FILE, "loss.png")  # what a run leaves behind
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory (`fcntl.flock` on `<out_dir>/.lock`), held while a run
+    trains: a second trainer on the same directory is refused instead of interleaving its
+    checkpoints and metrics. The kernel releases it when the process ends, however it ends."""
+
+    def __init__(self, out_dir):
+        self.path = Path(out_dir) / LOCK_FILE
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise CheckpointError(
+                f"{str(self.path.parent)!r} is in use by another training ({holder}); wait for it to finish, "
+                "stop it, or pick another --out-dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._file is not None:
+            self._file.close()  # (closing releases the lock)
+            self._file = None
+        return False
+
+
+def run_leftovers(out_dir) -> list[str]:
+    """What an earlier run left in `out_dir`: its checkpoints, snapshots and metrics, described."""
+    out = Path(out_dir)
+    found = []
+    for name in RUN_ENTRIES:
+        path = out / name
+        if path.is_dir() and name == SNAPSHOTS:
+            found.append(f"{len(list(path.glob('step-*')))} snapshots")
+        elif path.is_file() and name == METRICS_FILE:
+            found.append(f"a {sum(1 for _ in path.open(errors='replace'))}-line {METRICS_FILE}")
+        elif path.exists():
+            found.append(f"{name}/" if path.is_dir() else name)
+    return found
+
+
+def start_fresh(out_dir, start_over: bool) -> Optional[Path]:
+    """Make `out_dir` ready for a new run. An earlier run's files are never deleted: without
+    `start_over` they stop the new run (CheckpointError); with it they move into
+    `<out_dir>/replaced-<UTC time>/` (returned)."""
+    out = Path(out_dir)
+    leftovers = run_leftovers(out)
+    if not leftovers:
+        return None
+    if not start_over:
+        raise CheckpointError(
+            f"{str(out)!r} holds an earlier run ({', '.join(leftovers)}) but nothing to resume from "
+            f"({LATEST}/{STATE_FILE} is missing); starting a new run here would replace it. Pass --no-resume "
+            "to start over (the earlier run is moved into a replaced-<time>/ folder there, not deleted), "
+            "or pick another --out-dir"
+        )
+    aside = out / time.strftime("replaced-%Y%m%dT%H%M%SZ", time.gmtime())
+    aside.mkdir()
+    for name in RUN_ENTRIES:
+        if (out / name).exists():
+            os.replace(out / name, aside / name)
+    return aside
+
+
+def read_metrics_file(path) -> list[dict]:
+    """The records of a metrics.jsonl. A torn last line (a crash or a full disk mid-write) is
+    dropped; a damaged line before it is an error naming the file and the line."""
+    path = Path(path)
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                break  # the write that never finished: its step is redone on resume
+            raise CheckpointError(f"{str(path)!r} line {number} is not a JSON record: {line[:80]!r}; "
+                                  "delete that line (or the file) and run again") from None
+    return records

@@ -141,6 +141,7 @@ class DataConfig(Checked):
     hf_text_column: str = "content"
     hf_streaming: bool = True
     max_documents: Optional[int] = None  # stop after this many (smoke runs, quick looks)
+    max_document_bytes: int = 1_000_000  # larger documents are skipped (and counted): flat memory
     tokenizer: Optional[str] = None  # None: train a byte-level BPE; else an HF name or path
     vocab_size: int = 8192
     validation_fraction: float = 0.05

@@ -313,11 +313,41 @@ def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
 
 
 def _is_ours(path: Path) -> bool:
-    """A directory this module made: its manifest names our format (complete or damaged)."""
+    """A directory this module made, complete or damaged: its manifest names our format, or (the
+    manifest lost or cut) it holds our layout, so `--overwrite` can replace it."""
     try:
-        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+        if json.loads((path / MANIFEST).read_text()).get("format") == FORMAT:
+            return True
     except (OSError, ValueError, AttributeError):
-        return False
+        pass
+    ours = {"tokenizer", *(f"{s}.lance" for s in SPLITS), *(f"{s}_docs.lance" for s in SPLITS), MANIFEST}
+    entries = {p.name for p in path.iterdir()}
+    return len(entries & ours) >= 3 and entries <= ours | {MANIFEST + ".part"}
+
+
+def data_files(path: Path) -> dict[str, int]:
+    """{relative path: bytes} of every Lance data file of a dataset (the fragments, which a build
+    writes once and never changes): the cheap integrity record the manifest keeps."""
+    out = {}
+    for split in SPLITS:
+        for table in (f"{split}.lance", f"{split}_docs.lance"):
+            for f in sorted((path / table / "data").glob("*")):
+                out[f.relative_to(path).as_posix()] = f.stat().st_size
+    return out
+
+
+def check_data_files(path: Path, meta: dict) -> None:
+    """Every data file the build recorded is there with its size, or DatasetError saying which is not."""
+    expected = meta.get("files")
+    if not expected:  # (built before the record existed)
+        return
+    for rel, size in expected.items():
+        f = path / rel
+        problem = ("is missing" if not f.is_file() else
+                   f"has {f.stat().st_size:,} bytes where the build wrote {size:,}" if f.stat().st_size != size else None)
+        if problem:
+            raise DatasetError(f"the dataset at {str(path)!r} is damaged: {rel} {problem}; rebuild it with "
+                               f"`{_build_command(path)} --overwrite`")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -348,10 +378,6 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
     """
     out = Path(cfg.out_dir).expanduser().absolute()
     settings = to_dict(cfg)
-    if not 0 < cfg.validation_fraction < 1:
-        raise DatasetError(
-            f"validation_fraction={cfg.validation_fraction} must be between 0 and 1 (exclusive); e.g. --validation-fraction 0.05"
-        )
     if out.exists():
         if not out.is_dir() or (any(out.iterdir()) and not _is_ours(out)):
             raise DatasetError(
@@ -360,7 +386,8 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
             )
         if not cfg.overwrite and any(out.iterdir()):
             ds = open_dataset(out)  # raises DatasetError (with the --overwrite hint) if damaged
-            old = _content_settings(ds.meta["settings"])
+            # a setting the dataset predates was at its default then
+            old = _content_settings({**to_dict(DataConfig()), **ds.meta["settings"]})
             if corpus is None and old != _content_settings(settings):
                 diff = {k: (old.get(k), v) for k, v in _content_settings(settings).items() if old.get(k) != v}
                 raise DatasetError(
@@ -397,7 +424,8 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
             sk = corpus.skipped
             raise DatasetError(
                 f"no document to build from in {where!r}: every candidate was skipped ({sk.binary} binary, "
-                f"{sk.not_utf8} not UTF-8, {sk.empty} empty; e.g. {sk.examples[:3]}); check --path and --patterns "
+                f"{sk.not_utf8} not UTF-8, {sk.empty} empty, {sk.too_large} over --max-document-bytes; "
+                f"e.g. {sk.examples[:3]}); check --path and --patterns "
                 "(or --hf-text-column)"
             )
         for split in SPLITS:
@@ -418,6 +446,7 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
             "fim_tokens": {"eot": fim.eot, "prefix": fim.prefix, "middle": fim.middle, "suffix": fim.suffix, "pad": fim.pad},
             "splits": stats,
             "skipped": corpus.skipped.to_dict(),
+            "files": data_files(tmp),
             "settings": settings,
             "build_seconds": {"tokenizer": round(tokenize_started - started, 3), "tokenize_and_write": round(time.time() - tokenize_started, 3)},
         }
@@ -475,6 +504,7 @@ def open_dataset(path: str | Path) -> "TokenDataset":
     missing = [n for n in needed if not (path / n).is_dir()]
     if missing:
         raise DatasetError(f"the dataset at {str(path)!r} lacks {missing}; rebuild with `{build} --overwrite`")
+    check_data_files(path, meta)
     return TokenDataset(path, meta)
 
 
@@ -607,9 +637,10 @@ class TokenDataset:
             ratio = s["bytes"] / s["tokens"] if s["tokens"] else float("nan")
             lines.append(f"  {split:<11}{s['documents']:>11,}{s['tokens']:>14,}{s['bytes']:>15,}{ratio:>13.2f}")
         sk = m["skipped"]
+        too_large = sk.get("too_large", 0)
         lines.append(
-            f"  skipped:   {sk['binary'] + sk['not_utf8'] + sk['empty']} file(s): {sk['binary']} binary, "
-            f"{sk['not_utf8']} not UTF-8, {sk['empty']} empty"
+            f"  skipped:   {sk['binary'] + sk['not_utf8'] + sk['empty'] + too_large} file(s): {sk['binary']} binary, "
+            f"{sk['not_utf8']} not UTF-8, {sk['empty']} empty, {too_large} too large"
             + (f" (e.g. {', '.join(sk['examples'][:3])})" if sk["examples"] else "")
         )
         lines.append(f"  open it:   mamba_nb.dataset.open_dataset({str(self.path)!r})")

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -399,12 +398,10 @@ class Loggers:
         if not main:
             return
         if resume_step is not None and self.path.exists():
-            # a run killed after its last checkpoint logged steps it will now redo: drop them
-            for line in self.path.read_text().splitlines():
-                rec = json.loads(line)
-                if rec["step"] <= resume_step:
-                    self.records.append(rec)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            # a run killed after its last checkpoint logged steps it will now redo: drop them (and a
+            # line torn by a crash or a full disk)
+            self.records = [r for r in ckpt.read_metrics_file(self.path) if r["step"] <= resume_step]
+        self._write(lambda f: f.write("".join(json.dumps(r) + "\n" for r in self.records)), "w")
         if cfg.log_tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -424,14 +421,24 @@ class Loggers:
         if not self.main:
             return
         self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._write(lambda f: f.write(json.dumps(record) + "\n"), "a")
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step",)}
         if self.tb is not None:
             for k, v in numbers.items():
                 self.tb.add_scalar(f"{record['kind']}/{k}", v, record["step"])
         if self.wandb is not None:
             self.wandb.log({f"{record['kind']}/{k}": v for k, v in numbers.items()}, step=record["step"])
+
+    def _write(self, write, mode: str) -> None:
+        try:
+            with self.path.open(mode) as f:
+                write(f)
+        except OSError as err:
+            raise TrainingError(
+                f"could not write {str(self.path)!r} ({err.strerror or err}); the checkpoint in "
+                f"{str(self.path.parent / ckpt.LATEST)!r} (if any) is intact, and a torn last line is dropped on "
+                "resume. Free disk space, then run the same command again to resume"
+            ) from None
 
     def plot(self, out: Path) -> None:
         if not self.main:
@@ -468,13 +475,6 @@ def _check_resumable(state: dict, cfg: TrainConfig, ds, d: Dist, where: Path) ->
         )
 
 
-def _fresh_out_dir(out: Path) -> None:
-    for name in ("metrics.jsonl", "loss.png"):
-        (out / name).unlink(missing_ok=True)
-    for name in (ckpt.LATEST, f".{ckpt.LATEST}.old", ckpt.SNAPSHOTS):
-        shutil.rmtree(out / name, ignore_errors=True)
-
-
 def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optional[Callable] = None) -> Path:
     """Train (or resume, or fine-tune) as `cfg` says; return the checkpoint directory `<out_dir>/latest`.
 
@@ -489,10 +489,15 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
         raise TrainingError("neither max_steps nor time_budget_s is set: pass --max-steps N or --time-budget-s S")
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise TrainingError(f"batch_size={cfg.batch_size} and grad_accum={cfg.grad_accum} must be >= 1")
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out-dir {str(out)!r} is a file, not a directory; pass a directory for the run")
+    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     d = init_distributed("cuda" if want_cuda else "cpu")
     try:
-        return _run(cfg, d, budget_s, on_step, on_eval)
+        # one trainer per run directory (rank 0 writes it; the other ranks follow rank 0)
+        with ckpt.RunLock(out) if d.main else contextlib.nullcontext():
+            return _run(cfg, d, budget_s, on_step, on_eval)
     finally:
         if d.started_here:
             torch.distributed.destroy_process_group()
@@ -516,7 +521,9 @@ def _run(cfg: TrainConfig, d: Dist, budget_s: Optional[float], on_step, on_eval)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
-            _fresh_out_dir(out)
+            aside = ckpt.start_fresh(out, start_over=not cfg.resume)
+            if aside is not None:
+                say(f"starting over: the earlier run in {str(out)!r} was moved to {str(aside)!r}")
     if resume_from is not None:
         state = ckpt.load_training_state(resume_from)
         _check_resumable(state, cfg, ds, d, resume_from)
@@ -689,7 +696,16 @@ def _run(cfg: TrainConfig, d: Dist, budget_s: Optional[float], on_step, on_eval)
                 out_of_time = budget_s is not None and elapsed_s >= budget_s
                 stopping = _any_rank(stop.reason is not None or out_of_time, d, device)
                 if step % cfg.eval_every == 0 or last or stopping and out_of_time:
-                    validate()
+                    try:
+                        validate()
+                    except Exception as err:
+                        # keep what this run trained before reporting (a damaged validation split, ...)
+                        save()
+                        raise TrainingError(
+                            f"the validation at step {step} failed ({type(err).__name__}: {err}); the run was saved "
+                            f"first, at step {step}, in {str(out / ckpt.LATEST)!r}. Fix the cause (a damaged dataset: "
+                            "rebuild it with --overwrite), then run the same command again to resume"
+                        ) from err
                 if step % cfg.save_every == 0 or last or stopping:
                     save()
                     last_saved = step

@@ -32,6 +32,7 @@ import torch
 
 from mamba_nb.config import WindowConfig
 from mamba_nb.fim import PLAIN, FimResult, FimTransform, check_level, check_rate, make_batch
+from mamba_nb.orphans import die_with_parent
 from mamba_nb.sampler import WindowSampler
 from mamba_nb.tokenizer import FimTokens
 
@@ -148,6 +149,7 @@ def _worker_init(worker_id: int) -> None:
     # One core per worker: the Rust tokenizer would otherwise spread each encode over every
     # core, and workers would fight over them.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    die_with_parent()  # a killed run leaves no worker behind (orphans.py)
 
 
 def _worker_context(name: Optional[str], tokenizer_module: str):
@@ -159,7 +161,7 @@ def _worker_context(name: Optional[str], tokenizer_module: str):
     if name == "forkserver":
         # Imported once in the server; each worker forks from it. Not lance: it warns on every fork
         # (its handles are opened in each worker, after the fork).
-        ctx.set_forkserver_preload(["torch", "mamba_nb.windows", tokenizer_module])
+        ctx.set_forkserver_preload(["mamba_nb.forkserver_preload", "torch", "mamba_nb.windows", tokenizer_module])
     return ctx
 
 

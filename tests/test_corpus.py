@@ -125,8 +125,8 @@ def test_config_mapping(tiny_corpus_dir):
     assert isinstance(corpus, FileCorpus) and corpus.describe()["patterns"] == ["*.txt"]
     with pytest.raises(CorpusError, match="needs --path"):
         corpus_from_config(DataConfig(source="dir"))
-    with pytest.raises(CorpusError, match="unknown source 'web'"):
-        corpus_from_config(DataConfig(source="web"))
+    with pytest.raises(ValueError, match="source='web' must be one of stdlib, dir, hf"):
+        DataConfig(source="web")
 
 
 def test_document_is_plain_data():

@@ -365,8 +365,8 @@ def test_vocab_too_large_for_any_dtype(tiny_corpus_dir, tmp_path):
 
 
 def test_validation_fraction_out_of_range(tiny_corpus_dir, tmp_path):
-    with pytest.raises(DatasetError, match="validation_fraction=0"):
-        build_dataset(small_config(tiny_corpus_dir, tmp_path / "ds", validation_fraction=0), progress=False)
+    with pytest.raises(ValueError, match=r"validation_fraction=0.0 must be between 0 and 1.*--validation-fraction"):
+        small_config(tiny_corpus_dir, tmp_path / "ds", validation_fraction=0)  # refused by the config itself
 
 
 def test_too_few_documents_for_a_validation_split(tiny_corpus_dir, tmp_path):

@@ -11,7 +11,6 @@ Not here: computing any of these numbers (`train.py` does).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -22,12 +21,14 @@ from mamba_nb.viz.figure import figure
 
 def read_metrics(path) -> list[dict]:
     """The records of `<run>/metrics.jsonl` (a run directory or the file itself)."""
+    from mamba_nb.checkpoint import METRICS_FILE, read_metrics_file
+
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = path / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no metrics at {str(path)!r}; train first (`python -m mamba_nb train`)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_metrics_file(path)
 
 
 def smooth(values: Iterable[float], weight: float = 0.9) -> np.ndarray:
