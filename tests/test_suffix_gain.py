@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mamba_nb.evaluate import LineTask
+from mamba_nb.holes import Hole
 from mamba_nb.infill import encode_prompts, split_near
 from mamba_nb.suffix_gain import bootstrap_interval, middle_losses, suffix_gain
 from mamba_nb.tokenizer import FimTokens
@@ -32,7 +32,7 @@ def holes(n_lines=None):
     for i, line in enumerate(lines):
         if line.strip():
             prefix = "".join(x + "\n" for x in lines[:i])
-            out.append(LineTask(prefix, line, "\n" + "\n".join(lines[i + 1:]), f"code:{i}"))
+            out.append(Hole(prefix, line, "\n" + "\n".join(lines[i + 1:]), f"code:{i}"))
     return out
 
 

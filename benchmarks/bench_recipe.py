@@ -1,0 +1,126 @@
+"""The most learned per CPU-minute: course recipes compared at equal wall-clock.
+
+Each candidate is the course configuration with a few settings changed (the same flags as
+`python -m mamba_nb train`). Each trains for the same time budget, one at a time, in its own
+process (so allocators and memory do not carry over), from scratch, on this machine. Then:
+
+- left-to-right validation loss in **bits per byte** (`val_bpb`: compares vocabularies),
+- the loss on FIM middles,
+- the **suffix gain** (SPM prompt, the course's FIM measure, `mamba_nb.suffix_gain`) on single
+  lines of a package outside the corpus (the tuning set, `--tasks-from`, default `click`; the
+  course reports on another one, `config.OUTSIDE_PACKAGE`, so choices are not tuned on it),
+- tokens/s and tokens seen.
+
+Ratios are against the course default measured in the same run (`course`). Runs land in
+runs/bench_recipe/<name>/ and are reused with `--reuse` (e.g. to reprint the table).
+
+    .venv/bin/python benchmarks/bench_recipe.py [--budget-s 600] [--only course llama ...] [--reuse]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "bench_recipe"
+
+# name -> (what it changes, train flags, dataset vocabulary (None: the course's), environment)
+CANDIDATES: dict[str, tuple[str, list[str], int | None, dict]] = {
+    "course": ("the course default", [], None, {}),
+    "paper-fim": ("FIM as in the paper: whole-document spans (fim_region_lines 0)",
+                  ["--fim-region-lines", "0", "--line-hole-rate", "0"], None, {}),
+    "mamba2": ("Mamba-2 (state 64, HF's chunked scan)", ["--arch", "mamba2"], None, {}),
+    "llama": ("a same-size transformer (HF Llama, SDPA attention)", ["--arch", "llama"], None, {}),
+    "wide": ("hidden 384 (from 256)", ["--hidden-size", "384"], None, {}),
+    "narrow-deep": ("hidden 192, 8 layers", ["--hidden-size", "192", "--num-hidden-layers", "8"], None, {}),
+    "state-32": ("Mamba-1 state 32 (from 16)", ["--state-size", "32"], None, {}),
+    "batch-16": ("batch 16 (from 8)", ["--batch-size", "16"], None, {}),
+    "lr-1.5e-3": ("learning rate 1.5e-3 (from 3e-3)", ["--lr", "1.5e-3"], None, {}),
+    "lr-6e-3": ("learning rate 6e-3", ["--lr", "6e-3"], None, {}),
+    "vocab-4k": ("a 4,096-token vocabulary", [], 4096, {}),
+    "vocab-16k": ("a 16,384-token vocabulary", [], 16384, {}),
+    "glibc-malloc": ("the system allocator instead of tcmalloc", [], None, {"MAMBA_NB_ALLOCATOR": "system"}),
+}
+
+
+def dataset_for(vocab: int | None) -> str:
+    """The course dataset, or one built with another vocabulary (built once, then reused)."""
+    if vocab is None:
+        return str(ROOT / "data" / "stdlib")
+    path = ROOT / "data" / f"stdlib-v{vocab}"
+    if not (path / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "mamba_nb", "build-dataset", "--vocab-size", str(vocab),
+                        "--out-dir", str(path)], check=True, cwd=ROOT)
+    return str(path)
+
+
+def train_candidate(name: str, budget_s: float) -> None:
+    _, flags, vocab, env = CANDIDATES[name]
+    out = OUT / name
+    cmd = [sys.executable, "-m", "mamba_nb", "train", "--dataset", dataset_for(vocab), "--out-dir", str(out),
+           "--time-budget-s", str(budget_s), "--no-resume", "--save-every", str(10**9), *flags]
+    print(f"\n== {name}: {CANDIDATES[name][0]}; {budget_s:.0f} s\n   {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, **env})
+
+
+def measure(name: str, tasks_from: str, num_tasks: int) -> dict:
+    from mamba_nb.holes import documents_from, line_tasks, package_dir
+    from mamba_nb.infill import trained_context_len
+    from mamba_nb.model import load_checkpoint
+    from mamba_nb.suffix_gain import suffix_gain
+    from mamba_nb.viz.training import read_metrics
+
+    out = OUT / name
+    records = read_metrics(out)
+    last = [r for r in records if r["kind"] == "eval"][-1]
+    steps = [r for r in records if r["kind"] == "train"]
+    step_s = sum(r["step_s"] for r in steps)
+    model, tok = load_checkpoint(out)
+    directory = Path(tasks_from) if Path(tasks_from).is_dir() else package_dir(tasks_from)
+    tasks = line_tasks(documents_from(directory), num_tasks, seed=1, tokenizer=tok)
+    gain = suffix_gain(model, tok, tasks, modes=("spm",), context_len=trained_context_len(out))
+    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "val_bpb": last.get("val_bpb"),
+            "val_loss": last["val_loss"], "val_fim_loss": last["val_fim_loss"], "tokens_seen": last["tokens_seen"],
+            "tokens_per_s": last["tokens_seen"] / step_s if step_s else 0.0, "gain": gain["spm"]["gain"],
+            "gain_interval": gain["spm"]["interval"], "eot_loss": gain["spm"]["eot_loss"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget-s", type=float, default=600.0, help="training seconds per candidate")
+    p.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), help="a subset (the course default is always run)")
+    p.add_argument("--reuse", action="store_true", help="measure finished runs again instead of training")
+    p.add_argument("--tasks-from", default="click", help="package or directory of the suffix-gain holes")
+    p.add_argument("--num-tasks", type=int, default=200)
+    p.add_argument("--json", default=str(OUT / "results.json"))
+    args = p.parse_args(argv)
+    names = ["course"] + [n for n in (args.only or CANDIDATES) if n != "course"]
+    results = {}
+    for name in names:
+        start = time.time()
+        if not (args.reuse and (OUT / name / "latest" / "config.json").is_file()):
+            train_candidate(name, args.budget_s)
+        results[name] = {**measure(name, args.tasks_from, args.num_tasks), "wall_s": time.time() - start}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"budget_s": args.budget_s, "results": results}, indent=2))
+
+    base = results["course"]
+    print(f"\n{args.budget_s:.0f} s of training each; suffix gain: SPM prompt, {args.num_tasks} lines of "
+          f"{args.tasks_from} (nats/token, 95 % interval); ratios against `course` from this run")
+    print(f"{'candidate':<13} {'params':>6} {'tok/s':>6} {'tokens':>9} {'val bpb':>7} {'FIM loss':>8} "
+          f"{'suffix gain':>22} {'tok/s ÷':>7} {'bpb ÷':>6}")
+    for name, r in results.items():
+        lo, hi = r["gain_interval"]
+        print(f"{name:<13} {r['params_m']:5.2f}M {r['tokens_per_s']:6.0f} {r['tokens_seen']:9,} "
+              f"{r['val_bpb']:7.3f} {r['val_fim_loss']:8.3f} {r['gain']:+7.3f} [{lo:+.3f}, {hi:+.3f}] "
+              f"{r['tokens_per_s'] / base['tokens_per_s']:7.2f} {r['val_bpb'] / base['val_bpb']:6.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
