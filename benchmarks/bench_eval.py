@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     if args.checkpoint:
         from mamba_nb.benchmark import run_benchmark
         from mamba_nb.config import EvalConfig
-        from mamba_nb.model import load_checkpoint, resolve_checkpoint_dir
+        from mamba_nb.checkpoint import resolve_checkpoint_dir
+        from mamba_nb.model import load_checkpoint
 
         directory = resolve_checkpoint_dir(args.checkpoint)
         model, tok = load_checkpoint(directory)

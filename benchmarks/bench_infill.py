@@ -81,7 +81,7 @@ def fim_for_free(budget_s: float, quick: bool, tasks_n: int, max_steps=None, fim
     from mamba_nb.config import INFILL_MODE, course_train_config
     from mamba_nb.evaluate import _scores, infill_holes
     from mamba_nb.holes import line_tasks
-    from mamba_nb.infill import trained_context_len
+    from mamba_nb.checkpoint import trained_context_len
     from mamba_nb.model import load_checkpoint
     from mamba_nb.train import train
 

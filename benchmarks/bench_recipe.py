@@ -70,7 +70,7 @@ def train_candidate(name: str, budget_s: float) -> None:
 
 def measure(name: str, tasks_from: str, num_tasks: int) -> dict:
     from mamba_nb.holes import documents_from, line_tasks, package_dir
-    from mamba_nb.infill import trained_context_len
+    from mamba_nb.checkpoint import trained_context_len
     from mamba_nb.model import load_checkpoint
     from mamba_nb.suffix_gain import suffix_gain
     from mamba_nb.viz.training import read_metrics

@@ -22,7 +22,9 @@ import torch
 from mamba_nb.config import DataConfig, ModelConfig, TrainConfig
 from mamba_nb.dataset import build_dataset, open_dataset
 from mamba_nb.model import build_model
-from mamba_nb.train import IGNORE, make_optimizer, train
+from mamba_nb.fim import IGNORE_INDEX as IGNORE
+from mamba_nb.schedule import make_optimizer
+from mamba_nb.train import train
 from mamba_nb.viz.training import read_metrics
 from mamba_nb.windows import make_loader
 

@@ -243,3 +243,45 @@ def read_metrics_file(path) -> list[dict]:
             raise CheckpointError(f"{str(path)!r} line {number} is not a JSON record: {line[:80]!r}; "
                                   "delete that line (or the file) and run again") from None
     return records
+
+
+# --- reading a run: which directory holds the model, and what it was trained with ---------------
+
+
+def resolve_checkpoint_dir(path) -> Path:
+    """A run dir means its `latest/` (or `.latest.old/` if a save died between its two renames);
+    `latest/`, a snapshot or any HF model directory means itself."""
+    path = Path(path)
+    for candidate in (path / LATEST, path / f".{LATEST}.old"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(
+        f"no model in {str(path)!r} (no config.json there or in {LATEST}/); pass a run directory written by "
+        f"`python -m mamba_nb train`, its {LATEST}/ or {SNAPSHOTS}/step-*/ folder, or an HF model directory"
+    )
+
+
+def run_config_of(checkpoint: str | Path | None) -> dict:
+    """The run config saved with a checkpoint (`run_config.yaml` in it, or in its run's
+    `latest/` for a snapshot), or {} if there is none (e.g. an HF checkpoint)."""
+    if not checkpoint:
+        return {}
+    path = Path(checkpoint)
+    for d in (path, path / LATEST, path.parent, path.parent.parent / LATEST):
+        f = d / RUN_CONFIG_FILE
+        if f.is_file():
+            try:
+                loaded = yaml.safe_load(f.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"{str(f)!r} is damaged ({type(err).__name__}); restore it, or delete it to "
+                                      "use the checkpoint without its run settings") from None
+            return loaded if isinstance(loaded, dict) else {}
+    return {}
+
+
+def trained_context_len(checkpoint: str | Path | None) -> Optional[int]:
+    """`context_len` the checkpoint was trained with, or None when unknown."""
+    value = run_config_of(checkpoint).get("context_len")
+    return int(value) if value else None

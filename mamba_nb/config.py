@@ -70,6 +70,7 @@ def _check_type(owner: str, name: str, value: Any, tp: Any) -> Any:
     return value
 
 
+_PROBABILITY = "a probability in [0, 1] (this one is outside it), e.g. 0.5"
 # field -> (check, what it must be). Applied after the types; None passes where None is allowed.
 _RULES: dict[str, tuple[Any, str]] = {
     "vocab_size": (lambda v: v >= 261, ">= 261 (every byte plus the special tokens)"),
@@ -78,9 +79,9 @@ _RULES: dict[str, tuple[Any, str]] = {
     "max_document_bytes": (lambda v: v >= 1, ">= 1"),
     "source": (lambda v: v in ("stdlib", "dir", "hf"), "one of stdlib, dir, hf"),
     "context_len": (lambda v: v >= 2, ">= 2"),
-    "fim_rate": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    "spm_rate": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    "line_hole_rate": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "fim_rate": (lambda v: 0 <= v <= 1, _PROBABILITY),
+    "spm_rate": (lambda v: 0 <= v <= 1, _PROBABILITY),
+    "line_hole_rate": (lambda v: 0 <= v <= 1, _PROBABILITY),
     "fim_region_lines": (lambda v: v >= 0, ">= 0 (0: whole documents)"),
     "fim_level": (lambda v: v in ("char", "token"), "char or token"),
     "arch": (lambda v: v in ("mamba", "mamba2", "llama"), "mamba, mamba2 or llama"),
@@ -169,6 +170,14 @@ class WindowConfig(Checked):
     fim_region_lines: int = 0
     line_hole_rate: float = 0.0  # share of FIM middles shaped like real holes: whole lines, a line's end
     seed: int = 0
+
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.fim_region_lines and self.fim_level != "char":
+            raise ValueError(f"fim_region_lines={self.fim_region_lines} cuts regions on line ends in the decoded text, "
+                             f"which needs fim_level='char' (got {self.fim_level!r}); pass --fim-level char or "
+                             "--fim-region-lines 0")
 
 
 @dataclass

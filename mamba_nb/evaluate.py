@@ -33,6 +33,7 @@ from mamba_nb.holes import Hole, block_tasks, documents_from, line_tasks, packag
 
 LINE_SLACK = 8  # an infill may write this many tokens more than the longest line allowed
 HOLES_PER_CALL = 32  # holes per `infill` call (the progress bar's unit)
+LOSS_BATCH = 8  # windows per forward pass for the validation losses (memory, not the numbers)
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -103,15 +104,17 @@ def _scores(tasks: Sequence[Hole], results: Sequence) -> dict:
 
 
 def _losses(model, ds, run_config: dict, cfg: EvalConfig) -> dict:
-    import torch
+    """The validation losses as training computes them, on the windows the run's own settings
+    (context_len, FIM layout, seed) describe."""
+    import dataclasses
 
-    from mamba_nb.config import TrainConfig
-    from mamba_nb.train import Dist, validation_losses
+    from mamba_nb.config import WindowConfig
+    from mamba_nb.losses import validation_losses
+    from mamba_nb.runtime import Dist
 
-    known = {k: v for k, v in run_config.items() if k in {"context_len", "spm_rate", "fim_level", "seed"}}
-    tcfg = TrainConfig(eval_windows=cfg.num_loss_windows, batch_size=8, **known)
+    window = WindowConfig(**{f.name: run_config[f.name] for f in dataclasses.fields(WindowConfig) if f.name in run_config})
     device = next(model.parameters()).device
-    return validation_losses(model, ds, tcfg, torch.device(device), Dist())
+    return validation_losses(model, ds, window, LOSS_BATCH, cfg.num_loss_windows, device, Dist())
 
 
 def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bool = True) -> dict:
@@ -121,7 +124,7 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
     `dataset`: a `TokenDataset` or its path.
     """
     from mamba_nb.dataset import TokenDataset, open_dataset
-    from mamba_nb.infill import run_config_of
+    from mamba_nb.checkpoint import run_config_of
     from mamba_nb.sandbox import run_many
 
     cfg = cfg or EvalConfig()
@@ -129,7 +132,8 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
         model, tokenizer = checkpoint
         directory = Path(model.name_or_path) if getattr(model, "name_or_path", "") else None
     else:
-        from mamba_nb.model import load_checkpoint, resolve_checkpoint_dir
+        from mamba_nb.checkpoint import resolve_checkpoint_dir
+        from mamba_nb.model import load_checkpoint
 
         directory = resolve_checkpoint_dir(checkpoint)
         model, tokenizer = load_checkpoint(directory)
@@ -230,7 +234,7 @@ def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, m
     `max_snapshots`: score only that many, spread evenly and always including the last (each
     snapshot costs `num_line_tasks` infills)."""
     from mamba_nb.dataset import TokenDataset, open_dataset
-    from mamba_nb.infill import trained_context_len
+    from mamba_nb.checkpoint import trained_context_len
     from mamba_nb.model import load_checkpoint
 
     ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset)
@@ -250,7 +254,7 @@ def snapshot_gains(run_dir, dataset, cfg: Optional[EvalConfig] = None, max_snaps
     it is unset): dicts with step, tokens_seen and, per layout ("spm", "psm"), {"gain", "interval",
     ...} (notebook 05's curve: when does the model start to use the suffix?)."""
     from mamba_nb.dataset import TokenDataset, open_dataset
-    from mamba_nb.infill import trained_context_len
+    from mamba_nb.checkpoint import trained_context_len
     from mamba_nb.model import load_checkpoint
     from mamba_nb.suffix_gain import suffix_gain
 
@@ -339,7 +343,8 @@ def _out_file(cfg: EvalConfig, directory: Path, name: str) -> Path:
 
 def evaluate_cli(cfg: EvalConfig) -> dict:
     """`python -m mamba_nb evaluate`: the course report (or `--benchmark`), written as JSON, printed as a table."""
-    from mamba_nb.model import load_checkpoint, resolve_checkpoint_dir
+    from mamba_nb.checkpoint import resolve_checkpoint_dir
+    from mamba_nb.model import load_checkpoint
 
     directory = resolve_checkpoint_dir(cfg.checkpoint)
     if cfg.benchmark:

@@ -46,9 +46,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mamba_nb.config import WindowConfig
+from mamba_nb.rng import keyed_rng
 from mamba_nb.tokenizer import FimTokens, token_bytes
-
-FIM_LEVELS = ("char", "token")
 
 # What each output token is, per position (FimResult.roles). The middle's closing
 # <|endoftext|> counts as MIDDLE: it is the token that teaches the model to stop.
@@ -56,32 +56,13 @@ PLAIN, SENTINEL, PREFIX, SUFFIX, MIDDLE, PAD = range(6)
 ROLE_NAMES = ("plain", "sentinel", "prefix", "suffix", "middle", "pad")
 
 
+IGNORE_INDEX = -100  # a target the loss skips: <fim_pad> here; tokens outside middles in the FIM-middle loss
+FIM_STREAM = 2  # the first key of every FIM draw (the sampler's streams are 0 and 1 after the seed)
+
+
 def fim_rng(seed: int, epoch: int, start: int) -> np.random.Generator:
     """The generator of every FIM draw of the window at `start` in `epoch`: same numbers in any worker."""
-    return np.random.default_rng(np.random.SeedSequence([2, int(seed), int(epoch), int(start)]))
-
-
-def check_rate(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value} is outside [0, 1]; it is a probability (e.g. --{name.replace('_', '-')} 0.5)")
-    return value
-
-
-def check_level(fim_level: str) -> str:
-    if fim_level not in FIM_LEVELS:
-        raise ValueError(f"fim_level={fim_level!r} is not one of {FIM_LEVELS}; use --fim-level char (the FIM paper's)")
-    return fim_level
-
-
-def check_region_lines(fim_region_lines: int, fim_level: str = "char") -> int:
-    if isinstance(fim_region_lines, bool) or int(fim_region_lines) != fim_region_lines or fim_region_lines < 0:
-        raise ValueError(f"fim_region_lines={fim_region_lines!r} must be a whole number >= 0 "
-                         "(0: the whole document piece is one region, as in the FIM paper; e.g. --fim-region-lines 8)")
-    if fim_region_lines and fim_level != "char":
-        raise ValueError(f"fim_region_lines={fim_region_lines} cuts regions on line ends in the decoded text, which "
-                         f"needs fim_level='char' (got {fim_level!r}); pass --fim-level char or --fim-region-lines 0")
-    return int(fim_region_lines)
+    return keyed_rng(FIM_STREAM, seed, epoch, start)
 
 
 @dataclass
@@ -127,12 +108,11 @@ class FimTransform:
     def __init__(self, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, fim_level: str = "char",
                  seed: int = 0, fim_tokens: Optional[FimTokens] = None, fim_region_lines: int = 0,
                  line_hole_rate: float = 0.0):
-        self.fim_rate = check_rate("fim_rate", fim_rate)
-        self.spm_rate = check_rate("spm_rate", spm_rate)
-        self.fim_level = check_level(fim_level)
-        self.fim_region_lines = check_region_lines(fim_region_lines, fim_level)
-        self.line_hole_rate = check_rate("line_hole_rate", line_hole_rate)
-        self.seed = int(seed)
+        # the settings are checked where every setting is: in the config dataclass
+        WindowConfig(fim_rate=fim_rate, spm_rate=spm_rate, fim_level=fim_level, seed=seed,
+                     fim_region_lines=fim_region_lines, line_hole_rate=line_hole_rate)
+        self.fim_rate, self.spm_rate, self.fim_level = float(fim_rate), float(spm_rate), fim_level
+        self.fim_region_lines, self.line_hole_rate, self.seed = int(fim_region_lines), float(line_hole_rate), int(seed)
         self.fim_tokens = fim_tokens or FimTokens.from_tokenizer(tokenizer)
         self._tokenizer = tokenizer
         self._codec = None  # the Rust tokenizer, copied on first use (see _backend)
@@ -488,7 +468,7 @@ def undo_fim(tokens, fim_tokens: FimTokens, fim_region_lines: int = 0) -> list[U
 def make_batch(result: FimResult, starts) -> dict:
     """The training batch of a `FimResult`: the dict every loader of the course yields.
 
-    input_ids (B, L-1) and targets (B, L-1), already shifted, -100 where the target is
+    input_ids (B, L-1) and targets (B, L-1), already shifted, IGNORE_INDEX (-100) where the target is
     `<fim_pad>`; middle_mask (B, L-1) True where the target is part of a FIM middle (its closing
     `<|endoftext|>` included); starts (B,).
     """
@@ -497,7 +477,7 @@ def make_batch(result: FimResult, starts) -> dict:
     tokens = torch.from_numpy(result.tokens)
     roles = torch.from_numpy(result.roles)
     targets = tokens[:, 1:].clone()
-    targets[roles[:, 1:] == PAD] = -100
+    targets[roles[:, 1:] == PAD] = IGNORE_INDEX
     return {
         "input_ids": tokens[:, :-1].contiguous(),
         "targets": targets,

@@ -27,7 +27,7 @@ prompt and the first generated tokens are constrained to spell it out again; the
 text starts after it. FIM prompts encode the prefix on its own in training too, so healing
 is on by default only for `mode="lm"`.
 
-What it does not do: load checkpoints (see `load_for_infill` / `model.load_checkpoint`),
+What it does not do: load checkpoints (see `model.load_checkpoint`),
 score infills (see `evaluate.py`), or batch prompts from different calls.
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from mamba_nb.checkpoint import run_config_of, trained_context_len
 from mamba_nb.config import INFILL_MODE
 from mamba_nb.tokenizer import EOT, FimTokens
 
@@ -218,21 +219,6 @@ def _encode_near_prompts(tokenizer, prefixes, suffixes, mode, fim, context_len, 
     return prompts, truncated
 
 
-def run_config_of(checkpoint: Union[str, Path, None]) -> dict:
-    """The run config saved with a checkpoint (`run_config.yaml` in it, or in its run's
-    `latest/` for a snapshot), or {} if there is none (e.g. an HF checkpoint)."""
-    if not checkpoint:
-        return {}
-    path = Path(checkpoint)
-    for d in (path, path / "latest", path.parent, path.parent.parent / "latest"):
-        f = d / "run_config.yaml"
-        if f.is_file():
-            import yaml
-
-            return yaml.safe_load(f.read_text()) or {}
-    return {}
-
-
 def near_lines_for(region_lines: int) -> Optional[tuple[int, int]]:
     """The hole's neighbourhood a FIM prompt holds for a model trained with `fim_region_lines`
     regions: (whole prefix lines, suffix lines) filling one region around a one-line hole, the
@@ -246,12 +232,6 @@ def near_lines_for(region_lines: int) -> Optional[tuple[int, int]]:
 def trained_near_lines(checkpoint: Union[str, Path, None]) -> Optional[tuple[int, int]]:
     """`near_lines_for` the checkpoint's `fim_region_lines` (None when unknown or 0)."""
     return near_lines_for(int(run_config_of(checkpoint).get("fim_region_lines") or 0))
-
-
-def trained_context_len(checkpoint: Union[str, Path, None]) -> Optional[int]:
-    """`context_len` the checkpoint was trained with, or None when unknown."""
-    value = run_config_of(checkpoint).get("context_len")
-    return int(value) if value else None
 
 
 # --- constrained first tokens (healing) -------------------------------------------------
@@ -508,13 +488,6 @@ def infill(
 # --- loading and the command line -----------------------------------------------------------
 
 
-def load_for_infill(checkpoint: Union[str, Path], device: Optional[str] = None):
-    """`(model, tokenizer)` from a run dir, `latest/`, a snapshot, or an HF Mamba directory."""
-    from mamba_nb.model import load_checkpoint
-
-    return load_checkpoint(checkpoint, device=device)
-
-
 def _read(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
@@ -526,12 +499,13 @@ def _read(path: str) -> str:
 
 def infill_cli(cfg, prefix_file: str, suffix_file: str) -> InfillResult:
     """`python -m mamba_nb infill`: print the middle for the prefix and suffix files."""
-    from mamba_nb.model import resolve_checkpoint_dir
+    from mamba_nb.checkpoint import resolve_checkpoint_dir
+    from mamba_nb.model import load_checkpoint
 
     prefix, suffix = _read(prefix_file), _read(suffix_file)
     # `--stop '\n'` arrives as backslash + n from most shells: read escapes as Python would
     stop = [codecs.decode(s, "unicode_escape") if "\\" in s else s for s in cfg.stop]
-    model, tokenizer = load_for_infill(cfg.checkpoint)
+    model, tokenizer = load_checkpoint(cfg.checkpoint)
     result = infill(model, tokenizer, prefix, suffix, mode=cfg.mode, max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature, top_p=cfg.top_p, stop=stop, best_of=cfg.best_of,
                     seed=cfg.seed, context_len=trained_context_len(resolve_checkpoint_dir(cfg.checkpoint)))

@@ -252,29 +252,27 @@ def build_model(cfg: ModelConfig, tokenizer, device=None, verbose: bool = True):
     return model, scan_path
 
 
-def resolve_checkpoint_dir(path) -> Path:
-    """A run dir means its `latest/` (or `.latest.old/` if a save died between its two renames)."""
-    path = Path(path)
-    for candidate in (path / "latest", path / ".latest.old"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    if (path / "config.json").is_file():
-        return path
-    raise FileNotFoundError(
-        f"no model in {str(path)!r} (no config.json there or in latest/); pass a run directory written by "
-        "`python -m mamba_nb train`, its latest/ or snapshots/step-*/ folder, or an HF model directory"
-    )
+def load_model(path, scan: str = "auto", device=None):
+    """`(model, scan_path)`: the HF Mamba saved in directory `path`, on `device`, with the selective-scan
+    path installed (what resuming a run and `load_checkpoint` both use)."""
+    model = _load_pretrained(str(path))
+    if device is not None:
+        model.to(device)  # first: the scan path ("auto", "kernels") depends on the device
+    return model, _install_scan(model, scan)
 
 
 def load_checkpoint(path, scan: str = "auto", device: Optional[str] = None):
-    """`(model, tokenizer)` from a run dir, `latest/`, a snapshot, or any HF Mamba directory."""
+    """`(model, tokenizer)` from a run dir, `latest/`, a snapshot, or any HF Mamba directory, in eval mode."""
     from transformers import AutoTokenizer
 
+    from mamba_nb.checkpoint import resolve_checkpoint_dir
+
     directory = resolve_checkpoint_dir(path)
-    model = _load_pretrained(str(directory))
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    if device is not None:
-        model.to(device)
-    _install_scan(model, scan)
+    model, _ = load_model(directory, scan, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"the tokenizer files in {str(directory)!r} are missing or damaged ({err}); copy them "
+                         "from the dataset's tokenizer/ folder (they are the same files)") from None
     model.eval()
     return model, tokenizer

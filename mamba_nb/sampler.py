@@ -40,10 +40,21 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from mamba_nb.rng import keyed_rng
 
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    # One generator per (seed, keys): the same numbers in any process, any worker.
-    return np.random.default_rng(np.random.SeedSequence([int(seed), *[int(k) for k in keys]]))
+
+def check_fits(num_tokens: int, context_len: int, windows: int = 1, where: str = "the split",
+               per: str = "") -> None:
+    """ValueError unless `where` (`num_tokens` tokens) holds `windows` windows of `context_len + 1`
+    tokens: the one check, with the one message, of everything that cuts windows."""
+    need = windows * (context_len + 1)
+    if num_tokens < need:
+        more = " (or --batch-size)" if windows > 1 else ""
+        raise ValueError(
+            f"context_len={context_len} needs {windows} window(s) of {context_len + 1} tokens{per}, but {where} "
+            f"has only {num_tokens} tokens; pass a smaller --context-len{more}, or build a larger dataset "
+            "(`python -m mamba_nb build-dataset` with more documents)"
+        )
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -89,12 +100,7 @@ class WindowSampler:
         num_tokens, context_len = int(num_tokens), int(context_len)
         if context_len < 1:
             raise ValueError(f"context_len={context_len} must be at least 1")
-        if num_tokens < context_len + 1:
-            raise ValueError(
-                f"context_len={context_len} needs windows of {context_len + 1} tokens but the split has only "
-                f"{num_tokens} tokens; lower context_len (--context-len) or build a bigger dataset "
-                "(`python -m mamba_nb build-dataset`, more documents)"
-            )
+        check_fits(num_tokens, context_len)
         if (rank is None) != (world_size is None):
             raise ValueError(f"give both rank and world_size or neither (got rank={rank}, world_size={world_size})")
         if rank is None:
@@ -130,7 +136,7 @@ class WindowSampler:
         self.position = 0  # windows of this epoch already handed out (by this rank)
         # make_loader's loader counts delivered batches itself (workers prefetch ahead of the
         # training loop, so counting at yield time would overshoot on resume).
-        self._counted_by_consumer = False
+        self.counted_by_consumer = False
 
     # --- the epoch's geometry -------------------------------------------------
 
@@ -140,14 +146,14 @@ class WindowSampler:
         if self.num_offsets == 1:
             return 0
         cycle, i = divmod(epoch, self.num_offsets)
-        return int(_rng(self.seed, 0, cycle).permutation(self.num_offsets)[i])
+        return int(keyed_rng(self.seed, 0, cycle).permutation(self.num_offsets)[i])
 
     def epoch_starts(self, epoch: Optional[int] = None) -> np.ndarray:
         """All ranks' window starts of an epoch, in the epoch's order: (windows_per_epoch,) int64."""
         epoch = self.epoch if epoch is None else int(epoch)
         starts = self.offset(epoch) + self.context_len * np.arange(self.windows_per_epoch, dtype=np.int64)
         if self.shuffle:
-            starts = starts[_rng(self.seed, 1, epoch).permutation(self.windows_per_epoch)]
+            starts = starts[keyed_rng(self.seed, 1, epoch).permutation(self.windows_per_epoch)]
         return starts
 
     def rank_starts(self, epoch: Optional[int] = None) -> np.ndarray:
@@ -166,7 +172,7 @@ class WindowSampler:
         start_position = self.position
         starts = self.rank_starts()
         for i in range(start_position, len(starts)):
-            if not self._counted_by_consumer:
+            if not self.counted_by_consumer:
                 self.position = i + 1
             yield int(starts[i])
 

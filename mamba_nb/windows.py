@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from mamba_nb.config import WindowConfig
-from mamba_nb.fim import PLAIN, FimResult, FimTransform, check_level, check_rate, make_batch
+from mamba_nb.fim import PLAIN, FimResult, FimTransform, make_batch
 from mamba_nb.orphans import die_with_parent
-from mamba_nb.sampler import WindowSampler
+from mamba_nb.sampler import WindowSampler, check_fits
 from mamba_nb.tokenizer import FimTokens
 
 
@@ -74,9 +74,6 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, ds, split: str, cfg: WindowConfig, tokenizer=None):
         if split not in ds.splits:
             raise ValueError(f"unknown split {split!r}; the splits are {ds.splits}")
-        check_rate("fim_rate", cfg.fim_rate)
-        check_rate("spm_rate", cfg.spm_rate)
-        check_level(cfg.fim_level)
         self.ds = ds
         self.split = split
         self.cfg = cfg
@@ -136,7 +133,7 @@ class WindowLoader(torch.utils.data.DataLoader):
     def __init__(self, dataset: WindowDataset, batch_sampler: WindowBatchSampler, **kwargs):
         super().__init__(dataset, sampler=batch_sampler, batch_size=None, **kwargs)
         self.window_sampler = batch_sampler.sampler
-        self.window_sampler._counted_by_consumer = True
+        self.window_sampler.counted_by_consumer = True
 
     def __iter__(self):
         iterator = super().__iter__()
@@ -178,11 +175,7 @@ def make_loader(ds, split: str, cfg: WindowConfig, batch_size: int, num_workers:
     once with the heavy modules imported, starts workers nearly as fast as a fork.
     """
     num_tokens = ds.num_tokens(split)
-    if num_tokens < cfg.context_len + 1:
-        raise ValueError(
-            f"context_len={cfg.context_len} needs windows of {cfg.context_len + 1} tokens but the {split} split of "
-            f"{str(ds.path)!r} has only {num_tokens} tokens; lower --context-len or build the dataset from more documents"
-        )
+    check_fits(num_tokens, cfg.context_len, where=f"the {split} split of {str(ds.path)!r}")
     dataset = WindowDataset(ds, split, cfg, tokenizer)
     sampler = WindowSampler(num_tokens, cfg.context_len, seed=cfg.seed, shuffle=shuffle, rank=rank,
                             world_size=world_size, epoch=epoch)
@@ -193,3 +186,42 @@ def make_loader(ds, split: str, cfg: WindowConfig, batch_size: int, num_workers:
                       multiprocessing_context=_worker_context(mp_context, type(dataset.tokenizer).__module__))
     loader = WindowLoader(dataset, WindowBatchSampler(sampler, batch_size), num_workers=num_workers, **kwargs)
     return loader, sampler
+
+
+class DataStream:
+    """Endless batches of the train split that knows its place: (epoch, batches taken this epoch).
+
+    The place is counted here, on the consuming side, not read from the sampler, because
+    DataLoader workers prefetch ahead of what the loop has used. `cfg`: a `TrainConfig` (its
+    window settings, batch_size, num_workers); `d`: the `runtime.Dist` of this process.
+    """
+
+    def __init__(self, ds, cfg, d, epoch: int = 0, batches: int = 0):
+        self.ds, self.cfg, self.d = ds, cfg, d
+        self.epoch, self.batches = epoch, batches
+        self._it = None
+
+    def _open(self):
+        loader, sampler = make_loader(self.ds, "train", self.cfg, self.cfg.batch_size,
+                                      num_workers=self.cfg.num_workers, shuffle=True, rank=self.d.rank,
+                                      world_size=self.d.world_size, epoch=self.epoch)
+        if self.batches:
+            # the sampler counts windows; skip those of the batches already trained on
+            sampler.load_state_dict({"epoch": self.epoch, "position": self.batches * self.cfg.batch_size})
+        self._it = iter(loader)
+
+    def next(self) -> dict:
+        for _ in range(2):
+            if self._it is None:
+                self._open()
+            batch = next(self._it, None)
+            if batch is not None:
+                self.batches += 1
+                return batch
+            self._it, self.epoch, self.batches = None, self.epoch + 1, 0
+        raise ValueError(f"the train split of {str(self.ds.path)!r} gives no batch of "
+                         f"{self.cfg.batch_size} windows of context_len={self.cfg.context_len}; "
+                         "pass a smaller --batch-size or --context-len")
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches": self.batches}

@@ -92,10 +92,10 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoi
 
 
 def test_a_full_disk_while_logging_names_the_file(tiny_dataset, tmp_path, monkeypatch):
-    from mamba_nb import train as train_module
+    from mamba_nb.runlog import RunLog
 
     out = tmp_path / "run"
-    real = train_module.Loggers._write
+    real = RunLog._write
     calls = {"n": 0}
 
     def failing(self, write, mode):
@@ -104,7 +104,7 @@ def test_a_full_disk_while_logging_names_the_file(tiny_dataset, tmp_path, monkey
             write = _enospc
         return real(self, write, mode)
 
-    monkeypatch.setattr(train_module.Loggers, "_write", failing)
+    monkeypatch.setattr(RunLog, "_write", failing)
     with pytest.raises(TrainingError, match=r"could not write .*metrics.jsonl' \(No space left on device\)"):
         train(small(tiny_dataset, out))
 

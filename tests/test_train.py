@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from mamba_nb import checkpoint as ckpt
 from mamba_nb.config import ModelConfig, TrainConfig
 from mamba_nb.model import build_model, load_checkpoint
-from mamba_nb.train import TrainingError, lr_at, param_groups, train
+from mamba_nb.schedule import lr_at, param_groups
+from mamba_nb.train import TrainingError, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,16 +121,18 @@ def test_run_writes_checkpoint_snapshots_metrics_and_plot(tiny_dataset, tmp_path
 
 
 def test_validation_is_deterministic_and_fim_loss_counts_middles_only(tiny_dataset):
-    from mamba_nb.train import Dist, validation_losses, window_config
+    from mamba_nb.losses import validation_losses
+    from mamba_nb.runtime import Dist
     from mamba_nb.windows import make_loader
 
     cfg = small(tiny_dataset, "unused", eval_windows=4)
     torch.manual_seed(0)
     model, _ = build_model(ModelConfig(preset="micro"), tiny_dataset.tokenizer, verbose=False)
-    first = validation_losses(model, tiny_dataset, cfg, torch.device("cpu"), Dist())
-    assert validation_losses(model, tiny_dataset, cfg, torch.device("cpu"), Dist()) == first
+    first = validation_losses(model, tiny_dataset, cfg, cfg.batch_size, cfg.eval_windows, torch.device("cpu"), Dist())
+    assert validation_losses(model, tiny_dataset, cfg, cfg.batch_size, cfg.eval_windows, torch.device("cpu"),
+                             Dist()) == first
     # the FIM-middle loss by hand: FIM on every window, only targets inside a middle count
-    loader, _ = make_loader(tiny_dataset, "validation", window_config(cfg, fim_rate=1.0), 4, shuffle=True, epoch=0)
+    loader, _ = make_loader(tiny_dataset, "validation", dataclasses.replace(cfg, fim_rate=1.0), 4, shuffle=True, epoch=0)
     batch = next(iter(loader))
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"]).logits
@@ -159,7 +162,8 @@ def test_resume_after_ctrl_c_is_exact(tiny_dataset, tmp_path):
 
 
 def test_data_stream_resumes_mid_epoch_and_across_the_epoch_boundary(tiny_dataset):
-    from mamba_nb.train import DataStream, Dist
+    from mamba_nb.runtime import Dist
+    from mamba_nb.windows import DataStream
 
     # long windows so an epoch is only a few batches
     cfg = small(tiny_dataset, "unused", context_len=tiny_dataset.num_tokens("train") // 40, batch_size=4)
@@ -199,7 +203,7 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tiny_dataset, tmp_path):
 
 
 def test_ctrl_c_that_kills_a_data_worker_mid_fetch_still_saves(tiny_dataset, tmp_path, monkeypatch):
-    from mamba_nb.train import DataStream
+    from mamba_nb.windows import DataStream
 
     real_next, calls = DataStream.next, []
 
@@ -379,18 +383,18 @@ def test_smoothing_of_a_constant_is_the_constant_and_stays_in_range(values):
 
 
 def test_tensorboard_and_wandb_asked_for_but_not_installed_only_print_a_note(tmp_path, monkeypatch, capsys):
-    from mamba_nb.train import Loggers
+    from mamba_nb.runlog import RunLog
 
     # None in sys.modules makes the import fail, as on a machine without these packages
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     monkeypatch.setitem(sys.modules, "wandb", None)
     cfg = TrainConfig(log_tensorboard=True, log_wandb=True)
-    loggers = Loggers(cfg, tmp_path, main=True, resume_step=None)
+    loggers = RunLog(cfg, tmp_path, main=True, resume_step=None)
     loggers.log({"kind": "train", "step": 1, "loss": 1.0})
     loggers.close()
     printed = capsys.readouterr().out
     assert "pip install tensorboard" in printed and "pip install wandb" in printed
     assert records(tmp_path, "train")[1]["loss"] == 1.0  # metrics.jsonl is written regardless
     # and nothing is even imported when they are not asked for
-    Loggers(TrainConfig(), tmp_path, main=True, resume_step=None)
+    RunLog(TrainConfig(), tmp_path, main=True, resume_step=None)
     assert "note" not in capsys.readouterr().out

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from mamba_nb.fim import MIDDLE, PAD, PLAIN, PREFIX, ROLE_NAMES, SENTINEL, SUFFIX, FimResult, FimTransform, apply_fim, check_rate
+from mamba_nb.fim import MIDDLE, PAD, PLAIN, PREFIX, ROLE_NAMES, SENTINEL, SUFFIX, FimResult, FimTransform, apply_fim
+from mamba_nb.config import WindowConfig
 from mamba_nb.viz.figure import figure
 
 ROLE_STYLE = {
@@ -89,7 +90,7 @@ def measure_fim_fraction(windows, tokenizer, rates: Sequence[float] = RATES, spm
     transform = FimTransform(tokenizer, 0.0, spm_rate, fim_level, seed)  # prepared once, rate changed below
     out = []
     for rate in rates:
-        transform.fim_rate = check_rate("fim_rate", rate)
+        transform.fim_rate = WindowConfig(fim_rate=rate).fim_rate  # (checked like any setting)
         out.append(transform(windows, starts, epoch).fim_fraction)
     return np.array(out)
 

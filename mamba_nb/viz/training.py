@@ -75,7 +75,7 @@ def plot_schedule(lr: float, warmup_steps: int, min_lr_ratio: float, total_steps
     """The learning rate of every step of a run (`train.lr_at`) → `Figure`."""
 
     from mamba_nb.config import TrainConfig
-    from mamba_nb.train import lr_at
+    from mamba_nb.schedule import lr_at
 
     cfg = TrainConfig(lr=lr, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
     steps = np.arange(total_steps)

@@ -1,0 +1,112 @@
+"""The optimizer and the learning-rate schedule, and how long a time-budgeted schedule is.
+
+- `param_groups` / `make_optimizer`: AdamW with weight decay on the weight matrices only.
+- `lr_at`: linear warmup, then a cosine down to `min_lr_ratio * lr`.
+- `ScheduleSizer`: with only `time_budget_s`, the cosine needs a length. The first warmup steps
+  (whose learning rate does not depend on it) are timed and the length is fixed from their
+  pace; it is timed again, from the steadier steps since, when warmup ends. The run still
+  stops when the time is up, even if the estimate was long.
+
+Not here: the loop that applies them (`train.py`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+TIME_PROBE_STEPS = 10  # at most this many warmup steps are timed to size a time-budgeted schedule
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay the weight matrices (in/out/x/dt projections, conv kernels, an
+    untied lm_head) and nothing else.
+
+    No decay for: biases and norm weights (1-D), `A_log` (the state's decay rates; 2-D in
+    Mamba-1 but not a mixing matrix), `D` and the dt bias (1-D), and the input embedding
+    (decay would pull rare tokens' rows to zero; a tied lm_head is the same tensor).
+    """
+    emb = model.get_input_embeddings().weight
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p is emb or p.ndim < 2 or name.endswith("A_log"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model, cfg, device: torch.device) -> torch.optim.AdamW:
+    """AdamW for a `TrainConfig`'s lr and weight decay."""
+    # fused AdamW is one kernel per step on CUDA; on the CPU the default (foreach) is best
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
+                             eps=1e-8, fused=fused)
+
+
+def lr_at(step: int, cfg, total_steps: Optional[int]) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to min_lr_ratio.
+
+    `cfg`: a `TrainConfig` (lr, warmup_steps, min_lr_ratio). `total_steps` may be None only
+    during warmup (and at the first step after it, where the cosine is at its peak whatever
+    the length).
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if total_steps is None:
+        if step == cfg.warmup_steps:
+            return cfg.lr
+        raise ValueError(f"the schedule's length is unknown at step {step}")
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def estimate_total_steps(budget_s: float, done: int, elapsed_s: float, step_s: float) -> int:
+    """Steps that fit `budget_s`, given `done` steps in `elapsed_s` and `step_s` per step.
+
+    The budget counts training steps only (`elapsed_s` is their sum): validations and
+    checkpoints come on top, so they never shorten the schedule.
+    """
+    return max(done + 1, done + int((budget_s - elapsed_s) / step_s))
+
+
+class ScheduleSizer:
+    """When to fix a time-budgeted schedule's length, and from which pace (module docstring).
+
+    Call `after_step` after every step; it returns (seconds per step, note) when the length
+    should be (re)computed now, else None. A run with `max_steps`, or a resumed run whose
+    length is known, never asks (except the refinement at the end of warmup of a new run).
+    """
+
+    def __init__(self, cfg, budget_s: Optional[float]):
+        self.active = budget_s is not None and cfg.max_steps is None
+        self.probe_end = max(1, min(cfg.warmup_steps, TIME_PROBE_STEPS))
+        # the step at which the schedule is sized again (end of warmup), if it comes after the probe
+        self.refine_at = cfg.warmup_steps if cfg.warmup_steps > self.probe_end + 1 else None
+        self.since: Optional[tuple[int, float]] = None  # (step, elapsed_s) where timing began
+
+    def _pace(self, step: int, elapsed_s: float, step_s: float) -> float:
+        n = step - self.since[0]
+        return (elapsed_s - self.since[1]) / n if n > 0 else step_s  # nothing timed yet: this step's time
+
+    def after_step(self, step: int, elapsed_s: float, step_s: float,
+                   total_steps: Optional[int]) -> Optional[tuple[float, str]]:
+        # The first step is not timed (it pays for start-up, such as DataLoader workers). The early
+        # steps are slow (allocator and caches warming up): the first estimate gives the progress
+        # bar its length, the one at the end of warmup (the cosine's first use of it) is kept.
+        if not self.active:
+            return None
+        if total_steps is None:
+            if self.since is None:
+                self.since = (step, elapsed_s)
+            if step >= self.probe_end:
+                pace = self._pace(step, elapsed_s, step_s)
+                self.since = (step, elapsed_s)  # the refinement times the steps after this one
+                return pace, ""
+        elif step == self.refine_at and self.since is not None and step > self.since[0]:
+            return self._pace(step, elapsed_s, step_s), " (timed again after warmup)"
+        return None
