@@ -289,15 +289,29 @@ class _Row:
     logprob: float = 0.0
 
 
+@dataclass
+class Generation:
+    """How the tokens of a middle are chosen and when a row stops: what every batch shares."""
+
+    max_new_tokens: int
+    temperature: float  # 0: greedy
+    top_p: float
+    stop: Sequence[str]  # strings that end a middle
+    eot: int  # the token that ends a middle cleanly
+    banned: torch.Tensor  # ids never emitted (the other special tokens)
+    pad_id: int
+    vocab_limit: int  # ids the tokenizer knows (the embedding may have padding rows)
+    vocab_strings: Optional[_VocabStrings]  # for healing; None when no row heals
+    gen: Optional[torch.Generator]  # sampling's random stream
+
+
 @torch.no_grad()
-def _generate_batch(model, tokenizer, rows: list[_Row], *, max_new_tokens: int, temperature: float, top_p: float,
-                    stop: Sequence[str], eot: int, banned_ids: set[int], pad_id: int, vocab_limit: int,
-                    vocab_strings: Optional[_VocabStrings], gen: Optional[torch.Generator]) -> None:
+def _generate_batch(model, tokenizer, rows: list[_Row], g: Generation) -> None:
     device = next(model.parameters()).device
     width = max(len(r.prompt) for r in rows)
     # Left padding: every row's last prompt token sits in the last column, so one step
     # continues all rows. The mask keeps padded positions out of the state (module docstring).
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), g.pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, width - len(r.prompt):] = torch.tensor(r.prompt, dtype=torch.long)
@@ -305,27 +319,25 @@ def _generate_batch(model, tokenizer, rows: list[_Row], *, max_new_tokens: int, 
         r.remaining = r.heal
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
     cache = out.cache if hasattr(out, "cache") else out.cache_params
-    # A middle is text ended by <|endoftext|>: the other special tokens are never emitted.
-    banned = torch.tensor(sorted(banned_ids), dtype=torch.long)
     live = list(range(len(rows)))  # rows[live[k]] is row k of `logits` and of the cache
-    logits = out.logits[:, -1, :vocab_limit].float()  # (R, V): padding rows of the embedding excluded
-    for step in range(max_new_tokens):
-        logits[:, banned] = -math.inf
+    logits = out.logits[:, -1, :g.vocab_limit].float()  # (R, V): padding rows of the embedding excluded
+    for step in range(g.max_new_tokens):
+        logits[:, g.banned] = -math.inf
         for k, i in enumerate(live):
             r = rows[i]
-            if r.remaining and vocab_strings is not None:
-                ok = vocab_strings.allowed(r.remaining).to(logits.device)
+            if r.remaining and g.vocab_strings is not None:
+                ok = g.vocab_strings.allowed(r.remaining).to(logits.device)
                 if ok.any():
                     logits[k].masked_fill_(~ok, -math.inf)
                 else:  # no token spells it (not a byte-level vocabulary): stop healing this row
                     r.heal, r.remaining = r.heal[: len(r.heal) - len(r.remaining)], ""
-        nxt = _pick(logits, temperature, top_p, gen)
+        nxt = _pick(logits, g.temperature, g.top_p, g.gen)
         logp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
         for k, i in enumerate(live):
             r = rows[i]
             t = int(nxt[k])
             r.logprob += float(logp[k])
-            if t == eot:
+            if t == g.eot:
                 r.done, r.clean = True, True
                 continue
             r.generated.append(t)
@@ -337,13 +349,13 @@ def _generate_batch(model, tokenizer, rows: list[_Row], *, max_new_tokens: int, 
                 if r.remaining:
                     continue
             middle = text[len(r.heal):]
-            cut = _first_stop(middle, stop)
+            cut = _first_stop(middle, g.stop)
             if cut is not None:
                 r.text, r.done = middle[:cut], True
             else:
                 r.text = middle
         keep = [k for k, i in enumerate(live) if not rows[i].done]
-        if not keep or step == max_new_tokens - 1:
+        if not keep or step == g.max_new_tokens - 1:
             break
         if len(keep) < len(live):
             # Drop finished rows from the batch and from the recurrent state: each row's
@@ -353,12 +365,87 @@ def _generate_batch(model, tokenizer, rows: list[_Row], *, max_new_tokens: int, 
             nxt, live = nxt[idx], [live[k] for k in keep]
         out = model(input_ids=nxt[:, None].to(device), cache=cache, use_cache=True)
         cache = out.cache if hasattr(out, "cache") else out.cache_params
-        logits = out.logits[:, -1, :vocab_limit].float()
+        logits = out.logits[:, -1, :g.vocab_limit].float()
 
 
 def _vocab_limit(model, tokenizer) -> int:
     """Ids the model may emit: those the tokenizer knows (the embedding may be padded)."""
     return min(len(tokenizer), model.get_output_embeddings().weight.shape[0])
+
+
+def _as_holes(prefix, suffix) -> tuple[bool, list[str], list[str]]:
+    """(one hole?, prefixes, suffixes), checked: text only, lists of equal length."""
+    single = isinstance(prefix, (str, bytes, bytearray))  # (bytes: one hole, refused below)
+    prefixes = [prefix] if single else list(prefix)
+    if isinstance(suffix, (str, bytes, bytearray)):
+        suffixes = [suffix] * len(prefixes)
+    else:
+        suffixes = list(suffix)
+        if single or len(suffixes) != len(prefixes):
+            raise ValueError(f"got {len(prefixes)} prefix(es) and {len(suffixes)} suffixes; pass lists of equal length")
+    for name, texts in (("prefix", prefixes), ("suffix", suffixes)):
+        for k, text in enumerate(texts):
+            where = name if single else f"{name}[{k}]"
+            if not isinstance(text, str):
+                hint = " (decode it first: data.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+                raise ValueError(f"{where} is {type(text).__name__}, not text{hint}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"{where} holds {text[err.start]!r} at character {err.start}, a lone surrogate that "
+                                 "is not text (it cannot be encoded); remove it") from None
+    return single, prefixes, suffixes
+
+
+def _check_settings(mode: str, max_new_tokens, temperature, top_p, best_of, batch_size) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a prompt layout; use one of {MODES}")
+    for name, value in (("max_new_tokens", max_new_tokens), ("best_of", best_of), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a whole number >= 1")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 is greedy)")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
+    if best_of > 1 and temperature == 0:
+        raise ValueError(f"best_of={best_of} with temperature=0 gives {best_of} identical greedy samples; "
+                         "set temperature > 0 (e.g. 0.8) or best_of=1")
+
+
+def _special_ids(model, tokenizer, mode: str) -> tuple[Optional[FimTokens], int, set[int], int]:
+    """(FIM tokens or None for "lm", the ending token, every special id, the ids the model may emit)."""
+    vocab = tokenizer.get_vocab()
+    if mode == "lm":
+        fim, eot = None, vocab.get(EOT, tokenizer.eos_token_id)
+    else:
+        try:
+            fim = FimTokens.from_tokenizer(tokenizer)
+        except ValueError as e:
+            raise ValueError(f"mode={mode!r} needs FIM tokens and this checkpoint has none: {e}. "
+                             "Use mode='lm' for left-to-right completion, or fine-tune with FIM first "
+                             "(`python -m mamba_nb train --pretrained ...`).") from None
+        eot = fim.eot
+    vocab_limit = _vocab_limit(model, tokenizer)
+    special = {vocab[t] for t in tokenizer.all_special_tokens if t in vocab} | ({eot} if eot is not None else set())
+    if fim is not None:
+        special |= {fim.prefix, fim.suffix, fim.middle, fim.pad}
+        too_big = [t for t in (fim.prefix, fim.suffix, fim.middle) if t >= vocab_limit]
+        if too_big:
+            raise ValueError(f"the model's embedding has {vocab_limit} rows but the FIM token ids {too_big} are beyond "
+                             "it: this checkpoint was not trained with FIM tokens; resize it with "
+                             "mamba_nb.model.resize_embeddings and fine-tune with FIM first")
+    return fim, eot, special, vocab_limit
+
+
+def _best(rows: list[_Row], n_holes: int) -> list[InfillResult]:
+    """Per hole, its best sample: one that ended with <|endoftext|> first, then the highest mean
+    log-probability."""
+    results = []
+    for i in range(n_holes):
+        cands = [r for r in rows if r.source == i]
+        best = max(cands, key=lambda r: (r.clean, r.logprob / max(len(r.generated) + r.clean, 1)))
+        results.append(InfillResult(best.text, best.clean))
+    return results
 
 
 def infill(
@@ -392,65 +479,18 @@ def infill(
     checkpoint's run config, see `near_lines_for`).
     `heal`: token healing of the prefix's trailing whitespace (default: only for mode="lm").
     """
-    single = isinstance(prefix, str)
-    prefixes = [prefix] if single else list(prefix)
-    if isinstance(suffix, str):
-        suffixes = [suffix] * len(prefixes)
-    else:
-        suffixes = list(suffix)
-        if single or len(suffixes) != len(prefixes):
-            raise ValueError(f"got {len(prefixes)} prefix(es) and {len(suffixes)} suffixes; pass lists of equal length")
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not a prompt layout; use one of {MODES}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature!r} must be >= 0 (0 is greedy)")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
-    if best_of < 1:
-        raise ValueError(f"best_of={best_of!r} must be >= 1")
-    if best_of > 1 and temperature == 0:
-        raise ValueError(f"best_of={best_of} with temperature=0 gives {best_of} identical greedy samples; "
-                         "set temperature > 0 (e.g. 0.8) or best_of=1")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
-    if isinstance(stop, str):
-        stop = [stop]
-
-    vocab = tokenizer.get_vocab()
-    if mode == "lm":
-        fim = None
-        eot = vocab.get(EOT, tokenizer.eos_token_id)
-    else:
-        try:
-            fim = FimTokens.from_tokenizer(tokenizer)
-        except ValueError as e:
-            raise ValueError(f"mode={mode!r} needs FIM tokens and this checkpoint has none: {e}. "
-                             "Use mode='lm' for left-to-right completion, or fine-tune with FIM first "
-                             "(`python -m mamba_nb train --pretrained ...`).") from None
-        eot = fim.eot
-    vocab_limit = _vocab_limit(model, tokenizer)
-    special = {vocab[t] for t in tokenizer.all_special_tokens if t in vocab} | ({eot} if eot is not None else set())
-    if fim is not None:
-        special |= {fim.prefix, fim.suffix, fim.middle, fim.pad}
-        too_big = [t for t in (fim.prefix, fim.suffix, fim.middle) if t >= vocab_limit]
-        if too_big:
-            raise ValueError(f"the model's embedding has {vocab_limit} rows but the FIM token ids {too_big} are beyond "
-                             "it: this checkpoint was not trained with FIM tokens; resize it with "
-                             "mamba_nb.model.resize_embeddings and fine-tune with FIM first")
+    single, prefixes, suffixes = _as_holes(prefix, suffix)
+    _check_settings(mode, max_new_tokens, temperature, top_p, best_of, batch_size)
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    fim, eot, special, vocab_limit = _special_ids(model, tokenizer, mode)
     source = getattr(model, "name_or_path", None) or model.config._name_or_path
-    if context_len is None:
-        context_len = trained_context_len(source)
-    if near_lines is None:
-        near_lines = trained_near_lines(source)
-    if heal is None:
-        heal = mode == "lm"
-
+    context_len = trained_context_len(source) if context_len is None else context_len
+    near_lines = trained_near_lines(source) if near_lines is None else near_lines
     heals = [""] * len(prefixes)
-    if heal:
+    if heal if heal is not None else mode == "lm":
         split = [_split_heal(p) for p in prefixes]
         prefixes, heals = [s[0] for s in split], [s[1] for s in split]
+
     prompts, truncated = encode_prompts(tokenizer, prefixes, suffixes, mode, fim, context_len, near_lines=near_lines)
     rows = [_Row(prompt, heals[i], i, []) for i, prompt in enumerate(prompts) for _ in range(best_of)]
     if truncated:
@@ -459,29 +499,20 @@ def infill(
             f"the far end of the prefix (then of the suffix) was cut (hole {truncated[0][0]}: {truncated[0][1]:,} characters cut). "
             "Shorten the prefix, or pass a larger context_len= to keep more (the model was not trained on longer).",
             len(truncated)), stacklevel=2)
-
-    gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
-    vocab_strings = _VocabStrings(tokenizer, vocab_limit, special) if any(heals) else None
-    banned_ids = special - {eot}
-    pad_id = fim.pad if fim is not None else (eot if eot is not None else 0)
+    g = Generation(max_new_tokens, float(temperature), float(top_p), stop, eot,
+                   torch.tensor(sorted(special - {eot}), dtype=torch.long),  # a middle is text ended by EOT
+                   fim.pad if fim is not None else (eot if eot is not None else 0), vocab_limit,
+                   _VocabStrings(tokenizer, vocab_limit, special) if any(heals) else None,
+                   torch.Generator().manual_seed(seed) if temperature > 0 else None)
     was_training = model.training
     model.eval()
     try:
-        # Similar lengths together: less padding to scan through.
-        order = sorted(range(len(rows)), key=lambda k: len(rows[k].prompt))
+        order = sorted(range(len(rows)), key=lambda k: len(rows[k].prompt))  # similar lengths: less padding
         for b in range(0, len(order), batch_size):
-            batch = [rows[k] for k in order[b: b + batch_size]]
-            _generate_batch(model, tokenizer, batch, max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_p=top_p, stop=stop, eot=eot, banned_ids=banned_ids, pad_id=pad_id,
-                            vocab_limit=vocab_limit, vocab_strings=vocab_strings, gen=gen)
+            _generate_batch(model, tokenizer, [rows[k] for k in order[b: b + batch_size]], g)
     finally:
         model.train(was_training)
-
-    results = []
-    for i in range(len(prefixes)):
-        cands = [r for r in rows if r.source == i]
-        best = max(cands, key=lambda r: (r.clean, r.logprob / max(len(r.generated) + r.clean, 1)))
-        results.append(InfillResult(best.text, best.clean))
+    results = _best(rows, len(prefixes))
     return results[0] if single else results
 
 
@@ -492,9 +523,15 @@ def _read(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{path!r} is a directory; pass a text file (or '-' for stdin)")
     if not p.is_file():
         raise FileNotFoundError(f"{path!r} does not exist; pass a text file (or '-' for stdin)")
-    return p.read_text(encoding="utf-8")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path!r} is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}); "
+                         "convert it to UTF-8") from None
 
 
 def infill_cli(cfg, prefix_file: str, suffix_file: str) -> InfillResult:

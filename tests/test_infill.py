@@ -216,3 +216,17 @@ def test_cli_prints_the_middle(tmp_path, tok, capsys):
     rc = main(["infill", "--checkpoint", str(ckpt), "--prefix-file", str(tmp_path / "nope.py"),
                "--suffix-file", str(tmp_path / "suf.py")])
     assert rc == 2 and "nope.py" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prefix=b"def f():\n"), r"prefix is bytes, not text \(decode it first"),
+    (dict(prefix="x = '\ud800'\n"), r"prefix holds '\\ud800' at character 5, a lone surrogate"),
+    (dict(suffix=["a", 3], prefix=["b", "c"]), r"suffix\[1\] is int, not text"),
+    (dict(temperature=float("nan")), r"temperature=nan must be a finite number"),
+    (dict(temperature=float("inf")), r"temperature=inf must be a finite number"),
+    (dict(max_new_tokens=2.5), r"max_new_tokens=2.5 must be a whole number"),
+])
+def test_bad_infill_input_is_one_clear_error(model, tok, kwargs, match):
+    args = {"prefix": "def f():\n", "suffix": "\n", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        infill(model, tok, args.pop("prefix"), args.pop("suffix"), **args)
