@@ -77,11 +77,11 @@ def throughput(quick: bool) -> dict:
 
 
 def fim_for_free(budget_s: float, quick: bool, tasks_n: int, max_steps=None, fim_run=None, reuse=False) -> dict:
-    from mamba_nb.checkpoint import list_snapshots, load_training_state
-    from mamba_nb.config import INFILL_MODE, course_train_config
-    from mamba_nb.evaluate import _scores, infill_holes
+    from mamba_nb.checkpoint import list_snapshots, load_training_state, trained_context_len
+    from mamba_nb.config import INFILL_MODE, EvalConfig, course_train_config
+    from mamba_nb.evaluate import LINE_SLACK, _scores
     from mamba_nb.holes import line_tasks
-    from mamba_nb.checkpoint import trained_context_len
+    from mamba_nb.infill import infill_holes
     from mamba_nb.model import load_checkpoint
     from mamba_nb.train import train
 
@@ -119,7 +119,8 @@ def fim_for_free(budget_s: float, quick: bool, tasks_n: int, max_steps=None, fim
         model, tok = load_checkpoint(run_dirs[name])
         tasks = line_tasks(docs, tasks_n, seed=0, tokenizer=tok)
         ctx = trained_context_len(run_dirs[name])
-        res = infill_holes(model, tok, tasks, mode, ctx, f"{name} {mode}", progress=False)
+        res = infill_holes(model, tok, tasks, mode, ctx, f"{name} {mode}", progress=False,
+                           max_new_tokens=EvalConfig.max_line_tokens + LINE_SLACK)
         results[f"{name} model, {labels[mode]}"] = _scores(tasks, res)
     out["line"] = results
     print(f"\nleft-to-right validation loss: FIM {out['fim_val_loss']:.3f} "

@@ -111,7 +111,8 @@ def _commit() -> Optional[str]:
 def run_benchmark(model, tokenizer, cfg, checkpoint: Optional[str] = None, dataset=None,
                   progress: bool = True) -> dict:
     """Run `cfg.benchmark` (an `EvalConfig`) on a model; the result as a JSON-ready dict."""
-    from mamba_nb.evaluate import edit_similarity, exact_match, infill_holes
+    from mamba_nb.infill import infill_holes
+    from mamba_nb.scores import edit_similarity, exact_match
     from mamba_nb.checkpoint import trained_context_len
     from mamba_nb.sandbox import run_many
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from mamba_nb.config import DataConfig, to_dict
 from mamba_nb.corpus import Corpus, Document, corpus_from_config
-from mamba_nb.tokenizer import EOT, FimTokens, load_hf_tokenizer, token_dtype, train_bpe, vocab_size_of
+from mamba_nb.tokenizer import EOT, FimTokens, encode_texts, load_hf_tokenizer, token_dtype, train_bpe, vocab_size_of
 
 FORMAT = "mamba-nb-token-dataset"
 FORMAT_VERSION = 1
@@ -214,20 +214,15 @@ class _Encoder:
         self.eot = [tokenizer.convert_tokens_to_ids(EOT)]
         self.dtype = dtype
 
-    @staticmethod
-    def _encode(backend, texts: list[str]) -> list[list[int]]:
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no offsets
-        return [enc.ids for enc in encode(texts, add_special_tokens=False)]
-
     def ids(self, texts: list[str]) -> list[list[int]]:
         """The token ids of each text (no EOT), special-token spellings encoded as text."""
         spelled = [i for i, t in enumerate(texts) if any(s in t for s in self.specials)]
         if not spelled:
-            return self._encode(self.backend, texts)
+            return encode_texts(self.backend, texts)
         ids: list = [None] * len(texts)
         plain = sorted(set(range(len(texts))) - set(spelled))
         for indices, backend in ((plain, self.backend), (spelled, self.literal)):
-            for i, x in zip(indices, self._encode(backend, [texts[i] for i in indices])):
+            for i, x in zip(indices, encode_texts(backend, [texts[i] for i in indices])):
                 ids[i] = x
         return ids
 
@@ -368,89 +363,107 @@ def _remove_stale_builds(out: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _reuse(out: Path, cfg: DataConfig, corpus: Optional[Corpus]) -> Optional["TokenDataset"]:
+    """The dataset already at `out` when it can be reused; None when there is nothing there (or
+    `cfg.overwrite`). A directory that is not ours, damaged, or built with other settings raises."""
+    if not out.exists():
+        return None
+    if not out.is_dir() or (any(out.iterdir()) and not _is_ours(out)):
+        raise DatasetError(
+            f"{str(out)!r} exists and is not a mamba-nb dataset (no {MANIFEST} of ours); refusing to "
+            "overwrite it: pass another --out-dir, or delete it yourself if it is yours to delete"
+        )
+    if cfg.overwrite or not any(out.iterdir()):
+        return None
+    ds = open_dataset(out)  # raises DatasetError (with the --overwrite hint) if damaged
+    # a setting the dataset predates was at its default then
+    old = _content_settings({**to_dict(DataConfig()), **ds.meta["settings"]})
+    asked = _content_settings(to_dict(cfg))
+    if corpus is None and old != asked:
+        diff = {k: (old.get(k), v) for k, v in asked.items() if old.get(k) != v}
+        raise DatasetError(
+            f"the dataset at {str(out)!r} was built with other settings ({{name: (built, asked)}}: {diff}); "
+            f"pass --overwrite to rebuild it, or another --out-dir"
+        )
+    return ds
+
+
+def _tokenizer_for(corpus: Corpus, cfg: DataConfig, progress: bool) -> tuple[Any, dict]:
+    """(tokenizer, what the manifest says of it): a BPE trained on the train split, or an HF one."""
+    if cfg.tokenizer is None:
+        info = {"kind": "bpe", "trained_on": "train split", "requested_vocab_size": cfg.vocab_size}
+        tokenizer = train_bpe_on(corpus, cfg, progress)
+    else:
+        info = {"kind": "hf", "name_or_path": cfg.tokenizer}
+        tokenizer = load_hf_tokenizer(cfg.tokenizer)
+    return tokenizer, {**info, "class": type(tokenizer).__name__}
+
+
+def _check_splits(stats: dict, corpus: Corpus, cfg: DataConfig) -> None:
+    """DatasetError when nothing was built, or one split is empty (what to change, said)."""
+    where = corpus.describe().get("path", corpus.kind)
+    total = stats["train"]["documents"] + stats["validation"]["documents"]
+    if total == 0:
+        sk = corpus.skipped
+        raise DatasetError(
+            f"no document to build from in {where!r}: every candidate was skipped ({sk.binary} binary, "
+            f"{sk.not_utf8} not UTF-8, {sk.empty} empty, {sk.too_large} over --max-document-bytes; "
+            f"e.g. {sk.examples[:3]}); check --path and --patterns (or --hf-text-column)"
+        )
+    for split in SPLITS:
+        if stats[split]["documents"] == 0:
+            raise DatasetError(
+                f"the {split} split of {where!r} is empty: {total} document(s) in all with "
+                f"validation_fraction={cfg.validation_fraction}; use more documents (--max-documents) "
+                "or change --validation-fraction"
+            )
+
+
 def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bool = True) -> "TokenDataset":
     """Build the token dataset `cfg` describes in `cfg.out_dir` (or reuse it), → `TokenDataset`.
 
     `corpus` overrides the one `cfg` names (the benchmark passes a repeated stdlib).
     Reuse: a complete dataset built with the same settings is opened, not rebuilt; one
     with other settings is an error unless `cfg.overwrite`. A directory that is not a
-    dataset of ours is never deleted.
+    dataset of ours is never deleted. The build happens in a hidden sibling directory that
+    is renamed into place once its manifest is written.
     """
     out = Path(cfg.out_dir).expanduser().absolute()
-    settings = to_dict(cfg)
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not _is_ours(out)):
-            raise DatasetError(
-                f"{str(out)!r} exists and is not a mamba-nb dataset (no {MANIFEST} of ours); refusing to "
-                "overwrite it: pass another --out-dir, or delete it yourself if it is yours to delete"
-            )
-        if not cfg.overwrite and any(out.iterdir()):
-            ds = open_dataset(out)  # raises DatasetError (with the --overwrite hint) if damaged
-            # a setting the dataset predates was at its default then
-            old = _content_settings({**to_dict(DataConfig()), **ds.meta["settings"]})
-            if corpus is None and old != _content_settings(settings):
-                diff = {k: (old.get(k), v) for k, v in _content_settings(settings).items() if old.get(k) != v}
-                raise DatasetError(
-                    f"the dataset at {str(out)!r} was built with other settings ({{name: (built, asked)}}: {diff}); "
-                    f"pass --overwrite to rebuild it, or another --out-dir"
-                )
-            return ds
+    ds = _reuse(out, cfg, corpus)
+    if ds is not None:
+        return ds
     if cfg.tokenizer is None and cfg.vocab_size is not None:
         token_dtype(cfg.vocab_size)  # fail before reading anything
     corpus = corpus if corpus is not None else corpus_from_config(cfg)
-
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     tmp.mkdir()
     started = time.time()
     try:
-        if cfg.tokenizer is None:
-            tokenizer = train_bpe_on(corpus, cfg, progress)
-            tokenizer_info = {"kind": "bpe", "trained_on": "train split", "requested_vocab_size": cfg.vocab_size}
-        else:
-            tokenizer = load_hf_tokenizer(cfg.tokenizer)
-            tokenizer_info = {"kind": "hf", "name_or_path": cfg.tokenizer}
+        tokenizer, tokenizer_info = _tokenizer_for(corpus, cfg, progress)
         fim = FimTokens.from_tokenizer(tokenizer)
-        vocab_size = vocab_size_of(tokenizer)
-        dtype = token_dtype(vocab_size)
-        tokenizer_info["class"] = type(tokenizer).__name__
+        dtype = token_dtype(vocab_size_of(tokenizer))
         tokenizer.save_pretrained(tmp / "tokenizer")
         tokenize_started = time.time()
         stats = _tokenize_and_write(corpus, cfg, tokenizer, dtype, tmp, progress)
-        where = corpus.describe().get("path", corpus.kind)
-        total = stats["train"]["documents"] + stats["validation"]["documents"]
-        if total == 0:
-            sk = corpus.skipped
-            raise DatasetError(
-                f"no document to build from in {where!r}: every candidate was skipped ({sk.binary} binary, "
-                f"{sk.not_utf8} not UTF-8, {sk.empty} empty, {sk.too_large} over --max-document-bytes; "
-                f"e.g. {sk.examples[:3]}); check --path and --patterns "
-                "(or --hf-text-column)"
-            )
-        for split in SPLITS:
-            if stats[split]["documents"] == 0:
-                raise DatasetError(
-                    f"the {split} split of {where!r} is empty: {total} document(s) in all with "
-                    f"validation_fraction={cfg.validation_fraction}; use more documents (--max-documents) "
-                    "or change --validation-fraction"
-                )
-        manifest = {
+        _check_splits(stats, corpus, cfg)
+        _write_manifest(tmp, {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": corpus.describe(),
             "tokenizer": tokenizer_info,
-            "vocab_size": vocab_size,
+            "vocab_size": vocab_size_of(tokenizer),
             "dtype": dtype.name,
             "fim_tokens": {"eot": fim.eot, "prefix": fim.prefix, "middle": fim.middle, "suffix": fim.suffix, "pad": fim.pad},
             "splits": stats,
             "skipped": corpus.skipped.to_dict(),
             "files": data_files(tmp),
-            "settings": settings,
-            "build_seconds": {"tokenizer": round(tokenize_started - started, 3), "tokenize_and_write": round(time.time() - tokenize_started, 3)},
-        }
-        _write_manifest(tmp, manifest)
+            "settings": to_dict(cfg),
+            "build_seconds": {"tokenizer": round(tokenize_started - started, 3),
+                              "tokenize_and_write": round(time.time() - tokenize_started, 3)},
+        })
         _move_into_place(tmp, out, replace=cfg.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

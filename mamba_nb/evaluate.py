@@ -30,68 +30,14 @@ from typing import Optional, Sequence
 
 from mamba_nb.config import INFILL_MODE, EvalConfig
 from mamba_nb.holes import Hole, block_tasks, documents_from, line_tasks, package_dir
+from mamba_nb.infill import infill_holes
+from mamba_nb.scores import edit_similarity, exact_match
 
 LINE_SLACK = 8  # an infill may write this many tokens more than the longest line allowed
-HOLES_PER_CALL = 32  # holes per `infill` call (the progress bar's unit)
 LOSS_BATCH = 8  # windows per forward pass for the validation losses (memory, not the numbers)
 
 
-# --- metrics -----------------------------------------------------------------------------
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions of one character each)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))  # distances from a[:i] to every prefix of b
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def edit_similarity(a: str, b: str) -> float:
-    """1 - levenshtein / the longer length: 1.0 for equal strings (two empty ones too), 0.0 for nothing shared."""
-    longest = max(len(a), len(b))
-    return 1.0 if longest == 0 else 1.0 - levenshtein(a, b) / longest
-
-
-def exact_match(prediction: str, truth: str) -> bool:
-    return prediction.strip() == truth.strip()
-
-
 # --- running -------------------------------------------------------------------------------
-
-
-def infill_holes(model, tokenizer, holes: Sequence[Hole], mode: str, context_len: Optional[int], desc: str,
-                 progress: bool, max_new_tokens: int = EvalConfig.max_line_tokens + LINE_SLACK,
-                 stop: Sequence[str] = ("\n",), truncated: Optional[list] = None, **sampling) -> list:
-    """`infill` every hole, `HOLES_PER_CALL` at a time, with a progress bar. Prompts longer than the
-    trained context are cut (see `infill`); how many is added to `truncated[0]` when given.
-    `sampling`: temperature, top_p, seed."""
-    from tqdm.auto import tqdm
-
-    from mamba_nb.infill import PromptTruncated, infill
-
-    results = []
-    bar = tqdm(total=len(holes), desc=desc, disable=not progress, leave=False)
-    for b in range(0, len(holes), HOLES_PER_CALL):
-        chunk = holes[b: b + HOLES_PER_CALL]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", PromptTruncated)
-            results += infill(model, tokenizer, [t.prefix for t in chunk], [t.suffix for t in chunk], mode=mode,
-                              max_new_tokens=max_new_tokens, stop=list(stop), context_len=context_len, **sampling)
-        for w in caught:
-            if isinstance(w.message, PromptTruncated):
-                if truncated is not None:
-                    truncated[0] += w.message.count
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        bar.update(len(chunk))
-    bar.close()
-    return results
 
 
 def _scores(tasks: Sequence[Hole], results: Sequence) -> dict:
@@ -364,5 +310,5 @@ def evaluate_cli(cfg: EvalConfig) -> dict:
     return report
 
 
-__all__ = ["levenshtein", "edit_similarity", "exact_match", "infill_holes", "evaluate", "gain_sets", "gain_report",
+__all__ = ["evaluate", "gain_sets", "gain_report",
            "snapshot_scores", "snapshot_gains", "format_table", "format_examples", "evaluate_cli"]

@@ -48,7 +48,7 @@ import numpy as np
 
 from mamba_nb.config import WindowConfig
 from mamba_nb.rng import keyed_rng
-from mamba_nb.tokenizer import FimTokens, token_bytes
+from mamba_nb.tokenizer import FimTokens, encode_texts, token_bytes
 
 # What each output token is, per position (FimResult.roles). The middle's closing
 # <|endoftext|> counts as MIDDLE: it is the token that teaches the model to stop.
@@ -246,10 +246,7 @@ class FimTransform:
         return [(ids[k], ids[k + 1], ids[k + 2]) for k in range(0, len(ids), 3)]
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        codec = self._backend()
-        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we do not use.
-        encode = getattr(codec, "encode_batch_fast", codec.encode_batch)
-        return [enc.ids for enc in encode(texts, add_special_tokens=False)]
+        return encode_texts(self._backend(), texts)
 
     def _layout(self, key, parts, spm: bool, budget: int):
         """The transformed piece as (segments, roles, mode, trimmed), or None when it cannot fit."""

@@ -75,6 +75,7 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+HOLES_PER_CALL = 32  # holes per `infill` call in `infill_holes` (its progress bar's unit)
 WINDOW_MARGIN_TOKENS = 8  # tokens of slack at a text window's cut (its first tokens may split differently)
 WINDOW_CHARS_PER_TOKEN = 4  # the first window's guess; code averages about 3.3 characters a token
 
@@ -514,6 +515,33 @@ def infill(
         model.train(was_training)
     results = _best(rows, len(prefixes))
     return results[0] if single else results
+
+
+def infill_holes(model, tokenizer, holes: Sequence, mode: str, context_len: Optional[int], desc: str,
+                 progress: bool, max_new_tokens: int, stop: Sequence[str] = ("\n",),
+                 truncated: Optional[list] = None, **sampling) -> list:
+    """`infill` every hole, `HOLES_PER_CALL` at a time, with a progress bar. Prompts longer than the
+    trained context are cut (see `infill`); how many is added to `truncated[0]` when given.
+    `sampling`: temperature, top_p, seed."""
+    from tqdm.auto import tqdm
+
+    results = []
+    bar = tqdm(total=len(holes), desc=desc, disable=not progress, leave=False)
+    for b in range(0, len(holes), HOLES_PER_CALL):
+        chunk = holes[b: b + HOLES_PER_CALL]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PromptTruncated)
+            results += infill(model, tokenizer, [t.prefix for t in chunk], [t.suffix for t in chunk], mode=mode,
+                              max_new_tokens=max_new_tokens, stop=list(stop), context_len=context_len, **sampling)
+        for w in caught:
+            if isinstance(w.message, PromptTruncated):
+                if truncated is not None:
+                    truncated[0] += w.message.count
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        bar.update(len(chunk))
+    bar.close()
+    return results
 
 
 # --- loading and the command line -----------------------------------------------------------

@@ -165,6 +165,13 @@ def vocab_size_of(tokenizer) -> int:
     return max(tokenizer.get_vocab().values()) + 1
 
 
+def encode_texts(backend, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text with a `tokenizers.Tokenizer`, no special tokens added; batched, and
+    without the character offsets we never use (`encode_batch_fast`, tokenizers >= 0.20)."""
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [enc.ids for enc in encode(texts, add_special_tokens=False)]
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte ↔ printable-character map, the one byte-level BPE vocabularies are written in."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))

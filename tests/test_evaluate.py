@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from mamba_nb.config import EvalConfig
 from mamba_nb.benchmark import check_program, humaneval_holes, humaneval_problems
-from mamba_nb.evaluate import edit_similarity, evaluate, exact_match, format_examples, format_table, levenshtein
+from mamba_nb.evaluate import evaluate, format_examples, format_table
+from mamba_nb.scores import edit_similarity, exact_match, levenshtein
 from mamba_nb.holes import line_tasks, mask_line
 from mamba_nb.sandbox import run_many
 from tiny_models import tiny_model
