@@ -164,7 +164,7 @@ class WindowConfig(Checked):
     context_len: int = 256
     fim_rate: float = 0.9
     spm_rate: float = 0.5
-    fim_level: str = "char"  # "char" (the FIM paper's) | "token" (the original project's, fixed)
+    fim_level: str = "char"  # "char" (the FIM paper's) | "token" (split points between tokens)
     # FIM per region of this many lines, several per document (0: the whole document piece, as in
     # the FIM paper). Short regions keep both sides of a hole near it (fim.py, "Regions").
     fim_region_lines: int = 0
@@ -186,7 +186,7 @@ class ModelConfig(Checked):
 
     # "mamba" (Mamba-1) | "mamba2". Mamba-1 is the course default: on the fast PyTorch scan it
     # learns as much as Mamba-2 in the CPU budget (README, "Benchmarks"), and it is the
-    # architecture of the original project and of the state-spaces/mamba-*-hf checkpoints.
+    # architecture of the public state-spaces/mamba-*-hf checkpoints.
     # "llama": a transformer of the same size (HF LlamaForCausalLM), the peer the course compares with.
     arch: str = "mamba"
     preset: str = "tiny"  # "tiny" | "130m" | "370m" | "790m" | "1.4b" | "2.8b"

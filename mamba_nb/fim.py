@@ -12,7 +12,7 @@ PSM or SPM is drawn per piece (`spm_rate` is the SPM share). At **character leve
 (`fim_level="char"`, the default) the two split points are uniform over the
 piece's *decoded text* and the three pieces are re-encoded separately, so a hole
 can start or end inside what was one token; `fim_level="token"` draws the split
-points between tokens instead (the original project's choice, kept to compare).
+points between tokens instead (kept to compare: a token-level hole never starts inside a token).
 
 Every transformed middle ends with `<|endoftext|>`, also when the piece was cut
 by the window's edge (the document went on): otherwise the model never sees a

@@ -7,9 +7,8 @@ its inputs are the first `context_len` and its targets the last `context_len`
 they share exactly one token: the last target of one window is the first input of
 the next. That shared token is what "never overlapping" means here: **no
 next-token pair (input → target) is trained twice in an epoch, and every pair
-between the first and the last window is trained once.** (The original project
-stepped by `context_len + 1`, so the pair across each window edge was never
-trained, and its grid never moved.)
+between the first and the last window is trained once.** (A grid stepped by
+`context_len + 1` never trains the pair across each window edge.)
 
 Each epoch draws a new offset for the whole grid, so window edges move and the
 pairs at the head and tail of the array, and the tokens that start a window with

@@ -32,11 +32,8 @@ MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, plus our special token
 
 @dataclass(frozen=True)
 class FimTokens:
-    """The ids of the five special tokens, looked up once and checked to be distinct.
-
-    (The original project gave `<fim_suffix>` and `<fim_middle>` the same id; this is
-    where such a mistake is caught.)
-    """
+    """The ids of the five special tokens, looked up once and checked to be distinct (two
+    sentinels sharing an id would make PSM and SPM samples unreadable)."""
 
     eot: int
     prefix: int
@@ -114,8 +111,8 @@ def load_hf_tokenizer(name_or_path: str):
     """Load a Hugging Face tokenizer (hub name or local directory) and add the special tokens it lacks.
 
     Each missing token gets its own new id at the end of the vocabulary; an existing
-    token is never overwritten (the original project wrote `<fim_*>` over a real
-    token). If the tokenizer has no padding token, `<fim_pad>` becomes it. The model
+    token is never overwritten (a real token's id reused for a sentinel would change the
+    meaning of the data). If the tokenizer has no padding token, `<fim_pad>` becomes it. The model
     must then grow its embedding to `len(tokenizer)` (`model.py` does that).
     """
     from tokenizers import AddedToken
