@@ -70,55 +70,63 @@ def _check_type(owner: str, name: str, value: Any, tp: Any) -> Any:
     return value
 
 
-_PROBABILITY = "a probability in [0, 1] (this one is outside it), e.g. 0.5"
+_PROBABILITY = ((lambda v: 0 <= v <= 1), "a probability in [0, 1] (this one is outside it), e.g. 0.5")
+
+
+def _at_least(low: int, note: str = "") -> tuple[Any, str]:
+    return (lambda v: v >= low), f">= {low}" + (f" {note}" if note else "")
+
+
+def _one_of(*options: str) -> tuple[Any, str]:
+    return (lambda v: v in options), "one of " + ", ".join(options)
+
 # field -> (check, what it must be). Applied after the types; None passes where None is allowed.
 _RULES: dict[str, tuple[Any, str]] = {
-    "vocab_size": (lambda v: v >= 261, ">= 261 (every byte plus the special tokens)"),
+    "vocab_size": _at_least(261, "(every byte plus the special tokens)"),
     "validation_fraction": (lambda v: 0 < v < 1, "between 0 and 1, e.g. 0.05"),
-    "max_documents": (lambda v: v >= 1, ">= 1"),
-    "max_document_bytes": (lambda v: v >= 1, ">= 1"),
-    "source": (lambda v: v in ("stdlib", "dir", "hf"), "one of stdlib, dir, hf"),
-    "context_len": (lambda v: v >= 2, ">= 2"),
-    "fim_rate": (lambda v: 0 <= v <= 1, _PROBABILITY),
-    "spm_rate": (lambda v: 0 <= v <= 1, _PROBABILITY),
-    "line_hole_rate": (lambda v: 0 <= v <= 1, _PROBABILITY),
-    "fim_region_lines": (lambda v: v >= 0, ">= 0 (0: whole documents)"),
-    "fim_level": (lambda v: v in ("char", "token"), "char or token"),
-    "arch": (lambda v: v in ("mamba", "mamba2", "llama"), "mamba, mamba2 or llama"),
-    "scan": (lambda v: v in ("auto", "kernels", "fast", "hf"), "one of auto, kernels, fast, hf"),
-    "hidden_size": (lambda v: v >= 1, ">= 1"),
-    "num_hidden_layers": (lambda v: v >= 1, ">= 1"),
-    "state_size": (lambda v: v >= 1, ">= 1"),
-    "batch_size": (lambda v: v >= 1, ">= 1"),
-    "grad_accum": (lambda v: v >= 1, ">= 1"),
+    "max_documents": _at_least(1),
+    "max_document_bytes": _at_least(1),
+    "source": _one_of("stdlib", "dir", "hf"),
+    "context_len": _at_least(2),
+    "fim_rate": _PROBABILITY,
+    "spm_rate": _PROBABILITY,
+    "line_hole_rate": _PROBABILITY,
+    "fim_region_lines": _at_least(0, "(0: whole documents)"),
+    "fim_level": _one_of("char", "token"),
+    "arch": _one_of("mamba", "mamba2", "llama"),
+    "scan": _one_of("auto", "kernels", "fast", "hf"),
+    "hidden_size": _at_least(1),
+    "num_hidden_layers": _at_least(1),
+    "state_size": _at_least(1),
+    "batch_size": _at_least(1),
+    "grad_accum": _at_least(1),
     "lr": (lambda v: v > 0, "> 0"),
     "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "warmup_steps": (lambda v: v >= 0, ">= 0"),
-    "max_steps": (lambda v: v >= 1, ">= 1 (or leave it unset and give --time-budget-s)"),
-    "time_budget_s": (lambda v: v >= 0, ">= 0 seconds (0: no time limit)"),
-    "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "weight_decay": _at_least(0),
+    "warmup_steps": _at_least(0),
+    "max_steps": _at_least(1, "(or leave it unset and give --time-budget-s)"),
+    "time_budget_s": _at_least(0, "seconds (0: no time limit)"),
+    "grad_clip": _at_least(0, "(0: no clipping)"),
     "middle_loss_weight": (lambda v: v > 0, "> 0"),
-    "eval_every": (lambda v: v >= 1, ">= 1 step"),
-    "eval_windows": (lambda v: v >= 1, ">= 1 window"),
-    "save_every": (lambda v: v >= 1, ">= 1 step"),
-    "num_workers": (lambda v: v >= 0, ">= 0"),
+    "eval_every": _at_least(1, "step"),
+    "eval_windows": _at_least(1, "window"),
+    "save_every": _at_least(1, "step"),
+    "num_workers": _at_least(0),
     "device": (lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"), "auto, cpu, cuda[:N] or mps"),
-    "mode": (lambda v: v in ("spm", "psm", "lm"), "spm, psm or lm"),
-    "max_new_tokens": (lambda v: v >= 1, ">= 1"),
-    "temperature": (lambda v: v >= 0, ">= 0 (0: greedy)"),
+    "mode": _one_of("spm", "psm", "lm"),
+    "max_new_tokens": _at_least(1),
+    "temperature": _at_least(0, "(0: greedy)"),
     "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "best_of": (lambda v: v >= 1, ">= 1"),
-    "num_line_tasks": (lambda v: v >= 0, ">= 0"),
-    "num_loss_windows": (lambda v: v >= 0, ">= 0"),
-    "num_gain_tasks": (lambda v: v >= 0, ">= 0"),
-    "humaneval_limit": (lambda v: v >= 1, ">= 1 (leave it unset for every task)"),
-    "benchmark": (lambda v: v in ("humaneval-single", "humaneval-multi", "humaneval-random-span",
-                                  "humaneval-random-span-light", "lines"),
-                  "humaneval-single, humaneval-multi, humaneval-random-span(-light) or lines"),
-    "n_samples": (lambda v: v >= 1, ">= 1"),
+    "best_of": _at_least(1),
+    "num_line_tasks": _at_least(0),
+    "num_loss_windows": _at_least(0),
+    "num_gain_tasks": _at_least(0),
+    "humaneval_limit": _at_least(1, "(leave it unset for every task)"),
+    "benchmark": _one_of("humaneval-single", "humaneval-multi", "humaneval-random-span", "humaneval-random-span-light",
+                         "lines"),
+    "n_samples": _at_least(1),
     "k": (lambda v: len(v) >= 1 and all(x >= 1 for x in v), "one or more whole numbers >= 1, e.g. --k 1 10"),
-    "max_line_tokens": (lambda v: v >= 1, ">= 1"),
+    "max_line_tokens": _at_least(1),
 }
 
 

@@ -13,17 +13,10 @@ from mamba_nb.holes import Hole
 from mamba_nb.infill import encode_prompts, split_near
 from mamba_nb.suffix_gain import bootstrap_interval, middle_losses, suffix_gain
 from mamba_nb.tokenizer import FimTokens
-from tiny_models import CODE, tiny_bpe, tiny_model
+from tiny_models import CODE
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_bpe()
-
-
-@pytest.fixture(scope="module", params=["mamba", "mamba2"])
-def model(request, tok):
-    return tiny_model(request.param, tok)
+from test_infill import model, tok  # noqa: F401,E402  (the same tiny models and tokenizer as infill's tests)
 
 
 def holes(n_lines=None):
