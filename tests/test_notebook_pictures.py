@@ -24,7 +24,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED_PICTURES = {
     "01_build_lance_dataset.ipynb": (2, 0),
     "02_sampler_windows.ipynb": (3, 0),
-    "03_fill_in_the_middle.ipynb": (0, 4),
+    "03_fill_in_the_middle.ipynb": (0, 5),
     "04_train_mamba.ipynb": (3, 1),  # the live loss plot is HTML (a captioned PNG)
     "05_infill_code.ipynb": (1, 0),
 }

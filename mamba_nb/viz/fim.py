@@ -6,7 +6,8 @@ plots the measured FIM fraction against the requested `fim_rate`. It returns a `
 whose HTML holds everything (the plot inline), so the same call gives a static picture
 without a kernel and a live one inside `ipywidgets.interact`.
 
-The HTML is machine-checkable: every document piece of a rendered window is an element
+The HTML is machine-checkable: every piece of a rendered window (a document piece, or a region
+of lines with `fim_region_lines`) is an element
 `<div class="fim-sample" data-fim="psm|spm|none">`, its tokens are `<span>`s of class
 `fim-prefix`, `fim-middle`, `fim-suffix`, `fim-sentinel`, `fim-plain` or `fim-pad`, and the
 measurement reads `measured FIM fraction: 0.87` in an element of class `fim-measured`.
@@ -54,7 +55,16 @@ def window_html(result: FimResult, b: int, tokenizer) -> str:
     """One transformed window: each document piece a `div.fim-sample[data-fim]`, tokens colored by role."""
     tokens, roles = result.tokens[b], result.roles[b]
     parts = []
+    blocks, at = [], 0  # the pieces, and the tokens between them (a document's own <|endoftext|>)
     for (start, end), mode in zip(result.spans[b], result.modes[b]):
+        if start > at:
+            blocks.append(((at, start), None))
+        blocks.append(((start, end), mode))
+        at = end
+    for (start, end), mode in blocks:
+        if mode is None:
+            parts.append(f'<span class="fim-plain">{html.escape(_text(tokenizer, tokens[start:end]))}</span>')
+            continue
         runs, i = [], start
         while i < end:  # runs of one role, decoded together (each was encoded together)
             j = i
@@ -83,11 +93,13 @@ def legend_html() -> str:
 
 
 def measure_fim_fraction(windows, tokenizer, rates: Sequence[float] = RATES, spm_rate: float = 0.5,
-                         fim_level: str = "char", seed: int = 0, epoch: int = 0, starts=None) -> np.ndarray:
-    """The FIM fraction measured on `windows` (transformed / non-empty pieces) at each requested rate."""
+                         fim_level: str = "char", seed: int = 0, epoch: int = 0, starts=None,
+                         **regions) -> np.ndarray:
+    """The FIM fraction measured on `windows` (transformed / non-empty pieces) at each requested rate.
+    `regions`: fim_region_lines, line_hole_rate (see `fim.py`)."""
     windows = np.asarray(windows)
     windows = windows[None] if windows.ndim == 1 else windows
-    transform = FimTransform(tokenizer, 0.0, spm_rate, fim_level, seed)  # prepared once, rate changed below
+    transform = FimTransform(tokenizer, 0.0, spm_rate, fim_level, seed, **regions)  # prepared once, rate changed below
     out = []
     for rate in rates:
         transform.fim_rate = WindowConfig(fim_rate=rate).fim_rate  # (checked like any setting)
@@ -128,18 +140,23 @@ class FimView:
 
 
 def show_fim(windows, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, seed: int = 0, epoch: int = 0,
-             fim_level: str = "char", starts=None, num_samples: int = 2) -> FimView:
-    """Transform `windows` (B, L+1) at `fim_rate`/`spm_rate`; render `num_samples` of them and the
-    measured FIM fraction (over all B windows) against the requested rate."""
-    result = apply_fim(windows, tokenizer, fim_rate, spm_rate, fim_level, seed, epoch, starts)
-    measured = measure_fim_fraction(windows, tokenizer, RATES, spm_rate, fim_level, seed, epoch, starts)
+             fim_level: str = "char", starts=None, num_samples: int = 2, fim_region_lines: int = 0,
+             line_hole_rate: float = 0.0) -> FimView:
+    """Transform `windows` (B, L+1) at `fim_rate`/`spm_rate` (whole documents, or regions of
+    `fim_region_lines` lines with `line_hole_rate` of the holes shaped like lines); render
+    `num_samples` of them and the measured FIM fraction (over all B windows) against the
+    requested rate."""
+    regions = dict(fim_region_lines=fim_region_lines, line_hole_rate=line_hole_rate)
+    result = apply_fim(windows, tokenizer, fim_rate, spm_rate, fim_level, seed, epoch, starts, **regions)
+    measured = measure_fim_fraction(windows, tokenizer, RATES, spm_rate, fim_level, seed, epoch, starts, **regions)
     fig = plot_fim_fraction(RATES, measured, fim_rate)
     modes = [m for row in result.modes for m in row if m != "none"]
     spm_share = sum(m == "spm" for m in modes) / len(modes) if modes else 0.0
     summary = (
         f'<p class="fim-measured" data-measured="{result.fim_fraction:.4f}" style="font-size:12px">'
         f"measured FIM fraction: {result.fim_fraction:.2f} "
-        f"(requested fim_rate {fim_rate:.2f}; {result.num_fim} of {result.num_pieces} document pieces transformed, "
+        f"(requested fim_rate {fim_rate:.2f}; {result.num_fim} of {result.num_pieces} "
+        f"{f'regions of {fim_region_lines} lines' if fim_region_lines else 'document pieces'} transformed, "
         f"{result.num_drawn - result.num_fim} drawn but too short to fit; SPM share {spm_share:.2f}, "
         f"requested spm_rate {spm_rate:.2f})</p>"
     )

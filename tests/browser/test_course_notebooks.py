@@ -61,8 +61,8 @@ _FIM_VIEW_JS = """
     samples,
     fraction: num(/measured FIM fraction:\\s*([0-9]*\\.?[0-9]+)/i),
     requested: num(/requested fim_rate\\s*([0-9]*\\.?[0-9]+)/i),
-    transformed: num(/([0-9]+) of [0-9]+ document pieces transformed/i),
-    pieces: num(/[0-9]+ of ([0-9]+) document pieces/i),
+    transformed: num(/([0-9]+) of [0-9]+ (?:document pieces|regions of [0-9]+ lines) transformed/i),
+    pieces: num(/[0-9]+ of ([0-9]+) (?:document pieces|regions of [0-9]+ lines)/i),
     too_short: num(/([0-9]+) drawn but too short/i),
     text,
   };

@@ -31,7 +31,7 @@ from .test_course_notebooks import RUN_ALL_S
 EXPECTED_IMAGES = {
     "01_build_lance_dataset.ipynb": 2,
     "02_sampler_windows.ipynb": 3,
-    "03_fill_in_the_middle.ipynb": 5,   # four FIM views, and the fim_rate widget's
+    "03_fill_in_the_middle.ipynb": 7,   # five FIM views, and the fim_rate and fim_region_lines widgets
     "04_train_mamba.ipynb": 5,          # schedule, live loss, loss, throughput; the schedule widget's
     "05_infill_code.ipynb": 1,
 }
