@@ -195,7 +195,8 @@ def snapshot_scores(run_dir, dataset, num_line_tasks: int = 50, seed: int = 0, m
     return points
 
 
-def snapshot_gains(run_dir, dataset, cfg: Optional[EvalConfig] = None, max_snapshots: Optional[int] = None) -> list[dict]:
+def snapshot_gains(run_dir, dataset, cfg: Optional[EvalConfig] = None, max_snapshots: Optional[int] = None,
+                   modes: Sequence[str] = ("spm", "psm")) -> list[dict]:
     """The suffix gain of each snapshot of a run on `cfg.tasks_from`'s lines (held-out lines when
     it is unset): dicts with step, tokens_seen and, per layout ("spm", "psm"), {"gain", "interval",
     ...} (notebook 05's curve: when does the model start to use the suffix?)."""
@@ -211,7 +212,8 @@ def snapshot_gains(run_dir, dataset, cfg: Optional[EvalConfig] = None, max_snaps
         model, tokenizer = load_checkpoint(snap["path"])
         if tasks is None:  # the same holes for every snapshot
             tasks = list(gain_sets(ds, cfg, tokenizer).values())[-1]
-        gain = suffix_gain(model, tokenizer, tasks, context_len=trained_context_len(snap["path"]), seed=cfg.seed)
+        gain = suffix_gain(model, tokenizer, tasks, modes=modes, context_len=trained_context_len(snap["path"]),
+                           seed=cfg.seed)
         points.append({"step": snap["step"], "tokens_seen": snap.get("tokens_seen", 0), **gain})
     return points
 

@@ -21,6 +21,7 @@ def test_course_builds_trains_evaluates_and_shows_examples(tmp_path, capsys):
     for ex in sorted(helped, key=lambda ex: -ex["suffix_helped"])[:2] + rest[:2]:
         assert f"truth        | {ex['truth']}" in out
 
+    assert "suffix gain as training went on" in out and out.count(" M tokens (step ") >= 2
     # a second run reuses the dataset and resumes the finished run instead of starting over
     run_course(smoke=True, root=str(tmp_path))
     again = capsys.readouterr().out

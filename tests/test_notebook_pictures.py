@@ -26,7 +26,7 @@ EXPECTED_PICTURES = {
     "02_sampler_windows.ipynb": (3, 0),
     "03_fill_in_the_middle.ipynb": (0, 5),
     "04_train_mamba.ipynb": (3, 1),  # the live loss plot is HTML (a captioned PNG)
-    "05_infill_code.ipynb": (1, 0),
+    "05_infill_code.ipynb": (3, 0),
 }
 FIGURE_AS_TEXT = re.compile(r"<(matplotlib\.figure\.|mamba_nb\.viz\.figure\.Course)?Figure size \d+x\d+")
 EMBEDDED_PNG = re.compile(r"<img[^>]+src=\"data:image/png;base64,")

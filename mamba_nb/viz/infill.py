@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import html
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -73,6 +74,44 @@ def infill_result_html(text: str, clean: bool) -> str:
     note = "ended with &lt;|endoftext|&gt;" if clean else "cut by the token limit or a stop string"
     return (f'{_STYLE}<pre class="infill-result infill-code" data-clean="{str(clean).lower()}">'
             f"{html.escape(text)}</pre><small>{note}</small>")
+
+
+# Everyday holes written for the course (not drawn from any evaluation set): a learner's first tries.
+EXAMPLE_HOLES = [  # (prefix, true middle, suffix)
+    ("def add(a, b):\n", "    return a + b", "\n"),
+    ("for i in range(10):\n", "    print(i)", "\n"),
+    ("def mean(values):\n    total = sum(values)\n", "    return total / len(values)", "\n"),
+    ("with open(path) as f:\n", "    text = f.read()", "\nprint(len(text))\n"),
+    ("class Point:\n    def __init__(self, x, y):\n        self.x = x\n", "        self.y = y",
+     "\n\n    def norm(self):\n        return (self.x ** 2 + self.y ** 2) ** 0.5\n"),
+    ("try:\n    value = int(text)\n", "except ValueError:", "\n    value = 0\n"),
+    ("if __name__ == \"__main__\":\n", "    main()", "\n"),
+    ("import os\n\n\ndef exists(path):\n", "    return os.path.exists(path)", "\n"),
+]
+
+
+@dataclass
+class Example:
+    prefix: str
+    middle: str  # the truth
+    suffix: str
+    result: object  # the model's `InfillResult`
+    exact: bool
+
+
+def pick_example(model, tokenizer, holes=EXAMPLE_HOLES, **infill_kwargs) -> Example:
+    """The widget's default example, by a stated rule: the first of `holes` whose one-line greedy
+    infill the model gets exactly right; if none, the one it fills most closely (edit similarity).
+    So the example a learner first sees is one this model handles, and the rule says how it was chosen."""
+    from mamba_nb.infill import infill
+    from mamba_nb.scores import edit_similarity, exact_match
+
+    results = infill(model, tokenizer, [h[0] for h in holes], [h[2] for h in holes], stop=["\n"], **infill_kwargs)
+    scored = [Example(p, m, s, r, exact_match(r.text, m)) for (p, m, s), r in zip(holes, results)]
+    exact = [e for e in scored if e.exact]
+    if exact:
+        return exact[0]
+    return max(scored, key=lambda e: edit_similarity(e.result.text.strip(), e.middle.strip()))
 
 
 def infill_widget(model, tokenizer, prefix: str = "", suffix: str = "", **infill_kwargs):

@@ -33,7 +33,7 @@ EXPECTED_IMAGES = {
     "02_sampler_windows.ipynb": 3,
     "03_fill_in_the_middle.ipynb": 7,   # five FIM views, and the fim_rate and fim_region_lines widgets
     "04_train_mamba.ipynb": 5,          # schedule, live loss, loss, throughput; the schedule widget's
-    "05_infill_code.ipynb": 1,
+    "05_infill_code.ipynb": 3,
 }
 # Widgets each notebook must render as widgets (selectors), and the text a front-end without
 # the widget manager would print instead.
