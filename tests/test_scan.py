@@ -24,10 +24,15 @@ TOL = 1e-5  # relative (norm-wise) error allowed for float32 against the float64
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a - b‖ / ‖b‖ in float64 (a tensor of zeros must be matched by zeros)."""
+    """‖a - b‖ / ‖b‖ in float64 (a tensor of zeros must be matched by zeros). An infinite entry must
+    be matched exactly (the same sign, the same place: it counts 0); any other mismatch is inf."""
     a, b = a.detach().double(), b.detach().double()
-    den = b.norm().item()
-    return (a - b).norm().item() / den if den > 0 else (a - b).norm().item()
+    same = a == b  # also where both are the same infinity (inf - inf would be nan)
+    if not (same | (torch.isfinite(a) & torch.isfinite(b))).all():
+        return float("inf")
+    diff = torch.where(same, torch.zeros_like(a), a - b)
+    den = torch.where(torch.isfinite(b), b, torch.zeros_like(b)).norm().item()
+    return diff.norm().item() / den if den > 0 else diff.norm().item()
 
 
 def hf_reference_scan():

@@ -299,8 +299,16 @@ def test_time_budget_fixes_a_schedule_and_stops(tiny_dataset, tmp_path):
     assert state["step"] in records(tmp_path / "run", "eval")  # the end of a budget is validated
 
 
-def test_time_budget_is_sized_again_when_warmup_ends(tiny_dataset, tmp_path, capsys):
-    # warmup 20 > the 10 probe steps: a first length for the bar, then one from the steadier steps
+def test_time_budget_is_sized_again_when_warmup_ends(tiny_dataset, tmp_path, capsys, monkeypatch):
+    # warmup 20 > the 10 probe steps: a first length for the bar, then one from the steadier steps.
+    # The loop's clock is a fake one that advances 25 ms per reading, so 20 steps always fit the
+    # 3 s budget, however busy the machine is (a real clock made this test fail on a loaded CI).
+    import types
+
+    from mamba_nb import train as train_module
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: 0.025 * next(ticks)))
     cfg = small(tiny_dataset, tmp_path / "run", max_steps=None, time_budget_s=3.0, warmup_steps=20,
                 eval_every=1000, save_every=1000)
     train(cfg)
