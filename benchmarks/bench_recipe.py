@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench_recipe"
+sys.path.insert(0, str(ROOT))
+from mamba_nb.config import COURSE_FIM  # noqa: E402  (the course's FIM settings, which every candidate starts from)
 
 # name -> (what it changes, train flags, dataset vocabulary (None: the course's), environment)
 CANDIDATES: dict[str, tuple[str, list[str], int | None, dict]] = {
@@ -62,8 +65,10 @@ def dataset_for(vocab: int | None) -> str:
 def train_candidate(name: str, budget_s: float) -> None:
     _, flags, vocab, env = CANDIDATES[name]
     out = OUT / name
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (its own earlier one is not worth keeping)
+    course = [f"--{k.replace('_', '-')}={v}" for k, v in COURSE_FIM.items()]
     cmd = [sys.executable, "-m", "mamba_nb", "train", "--dataset", dataset_for(vocab), "--out-dir", str(out),
-           "--time-budget-s", str(budget_s), "--no-resume", "--save-every", str(10**9), *flags]
+           "--time-budget-s", str(budget_s), "--eval-every", "100", "--save-every", str(10**9), *course, *flags]
     print(f"\n== {name}: {CANDIDATES[name][0]}; {budget_s:.0f} s\n   {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, **env})
 
