@@ -223,6 +223,9 @@ class TrainConfig(WindowConfig, ModelConfig):
     time_budget_s: Optional[float] = 600.0  # seconds of training; None or 0: no time limit
     grad_clip: float = 1.0
     middle_loss_weight: float = 1.0  # weight of FIM-middle targets in the training loss (1: all tokens equal)
+    # recompute each block's activations in the backward pass instead of keeping them (HF's
+    # mechanism): less memory for the same numbers, about a third more compute
+    gradient_checkpointing: bool = False
     eval_every: int = 200
     eval_windows: int = 64
     save_every: int = 500

@@ -142,6 +142,13 @@ class Trainer:
 
     def _build_or_resume(self) -> bool:
         """Set the model, optimizer, run state and data stream; True when resuming a checkpoint."""
+        resumed = self._load_or_build()
+        if self.cfg.gradient_checkpointing:
+            # non-reentrant: the recomputation sees the same autograd graph (our scan's Function included)
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return resumed
+
+    def _load_or_build(self) -> bool:
         from mamba_nb.model import SCAN_NAMES, build_model, load_model
 
         cfg, d = self.cfg, self.d

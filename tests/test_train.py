@@ -406,3 +406,39 @@ def test_tensorboard_and_wandb_asked_for_but_not_installed_only_print_a_note(tmp
     # and nothing is even imported when they are not asked for
     RunLog(TrainConfig(), tmp_path, main=True, resume_step=None)
     assert "note" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch, tiny_dataset):
+    from mamba_nb.losses import training_loss
+    from mamba_nb.windows import make_loader
+
+    cfg = small(tiny_dataset, "unused", arch=arch)
+    batch = next(iter(make_loader(tiny_dataset, "train", cfg, 4)[0]))
+    grads, losses = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model, _ = build_model(cfg, tiny_dataset.tokenizer, verbose=False)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert model.is_gradient_checkpointing
+        logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+        loss = training_loss(logits, batch["targets"], batch["middle_mask"])
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7), name
+
+
+def test_training_with_gradient_checkpointing_resumes_exactly(tiny_dataset, tmp_path):
+    cfg = small(tiny_dataset, tmp_path / "ref", gradient_checkpointing=True, max_steps=4)
+    train(cfg)
+    stopped = dataclasses.replace(cfg, out_dir=str(tmp_path / "stopped"))
+    train(stopped, on_step=interrupt_at(2))  # Ctrl-C after step 2: saved there
+    train(stopped)
+    ref, resumed = records(tmp_path / "ref", "train"), records(tmp_path / "stopped", "train")
+    assert [ref[s]["loss"] for s in (3, 4)] == [resumed[s]["loss"] for s in (3, 4)]
