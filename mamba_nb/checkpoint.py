@@ -252,10 +252,14 @@ def resolve_checkpoint_dir(path) -> Path:
     """A run dir means its `latest/` (or `.latest.old/` if a save died between its two renames);
     `latest/`, a snapshot or any HF model directory means itself."""
     path = Path(path)
+
+    def holds_model(d: Path) -> bool:  # a whole model, or a LoRA adapter (lora.py)
+        return (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
+
     for candidate in (path / LATEST, path / f".{LATEST}.old"):
-        if (candidate / "config.json").is_file():
+        if holds_model(candidate):
             return candidate
-    if (path / "config.json").is_file():
+    if holds_model(path):
         return path
     raise FileNotFoundError(
         f"no model in {str(path)!r} (no config.json there or in {LATEST}/); pass a run directory written by "

@@ -39,6 +39,21 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate_cli(C.from_sources(C.EvalConfig, args))
 
 
+def _merge_lora(args: argparse.Namespace) -> None:
+    from mamba_nb.checkpoint import resolve_checkpoint_dir
+    from mamba_nb.model import load_checkpoint
+
+    model, tokenizer = load_checkpoint(args.checkpoint)  # base + adapter, merged
+    model.save_pretrained(args.out_dir)
+    tokenizer.save_pretrained(args.out_dir)
+    print(f"merged {str(resolve_checkpoint_dir(args.checkpoint))!r} into a plain HF model in {args.out_dir!r}")
+
+
+def _merge_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a LoRA run (its directory, latest/ or a snapshot)")
+    p.add_argument("--out-dir", required=True, help="where the merged model goes")
+
+
 def _course(args: argparse.Namespace) -> None:
     from mamba_nb.course import run_course
 
@@ -57,6 +72,7 @@ COMMANDS: dict[str, tuple[str, Optional[type], Optional[Callable], Callable]] = 
     "infill": ("fill a hole between a prefix and a suffix", C.InfillConfig, _infill_extra, _infill),
     "evaluate": ("measure a checkpoint's infilling", C.EvalConfig, None, _evaluate),
     "course": ("the whole course headless on the default corpus", None, None, _course),
+    "merge-lora": ("write a LoRA run merged into its base as a plain HF model", None, _merge_extra, _merge_lora),
 }
 
 

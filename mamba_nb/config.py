@@ -108,6 +108,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "time_budget_s": _at_least(0, "seconds (0: no time limit)"),
     "grad_clip": _at_least(0, "(0: no clipping)"),
     "middle_loss_weight": (lambda v: v > 0, "> 0"),
+    "lora_rank": _at_least(0, "(0: no LoRA)"),
     "eval_every": _at_least(1, "step"),
     "eval_windows": _at_least(1, "window"),
     "save_every": _at_least(1, "step"),
@@ -226,6 +227,9 @@ class TrainConfig(WindowConfig, ModelConfig):
     # recompute each block's activations in the backward pass instead of keeping them (HF's
     # mechanism): less memory for the same numbers, about a third more compute
     gradient_checkpointing: bool = False
+    # LoRA (needs `peft` and a --pretrained model): adapters of this rank, 0 for a full fine-tune
+    lora_rank: int = 0
+    lora_targets: list[str] = field(default_factory=lambda: ["in_proj"])  # see lora.py for why in_proj
     eval_every: int = 200
     eval_windows: int = 64
     save_every: int = 500

@@ -245,6 +245,8 @@ def build_model(cfg: ModelConfig, tokenizer, device=None, verbose: bool = True):
     if device is not None:
         model.to(device)  # first: the scan path ("auto", "kernels") depends on the device
     scan_path = _install_scan(model, cfg.scan)
+    if getattr(cfg, "lora_rank", 0):
+        model, source = _with_lora(model, cfg, tokenizer, source)
     if verbose:
         n = sum(p.numel() for p in model.parameters())
         print(f"model: {model.config.model_type}, {n / 1e6:.2f}M parameters, {source}; "
@@ -252,13 +254,39 @@ def build_model(cfg: ModelConfig, tokenizer, device=None, verbose: bool = True):
     return model, scan_path
 
 
-def load_model(path, scan: str = "auto", device=None):
+def _with_lora(model, cfg, tokenizer, source: str):
+    from mamba_nb.lora import apply_lora, trainable_counts
+
+    if not cfg.pretrained:
+        raise ValueError(f"lora_rank={cfg.lora_rank} fine-tunes a pretrained model: pass --pretrained "
+                         "(a hub id or a saved model), or --lora-rank 0 to train from scratch")
+    fim = FimTokens.from_tokenizer(tokenizer)
+    model = apply_lora(model, cfg.lora_rank, cfg.lora_targets, [fim.prefix, fim.middle, fim.suffix, fim.pad], cfg.seed)
+    n = trainable_counts(model)
+    return model, (f"{source}; LoRA rank {cfg.lora_rank} on {cfg.lora_targets}: {n['lora']:,} adapter and "
+                   f"{n['token_rows']:,} FIM-row parameters trainable of {n['total']:,}")
+
+
+def load_model(path, scan: str = "auto", device=None, trainable: bool = False):
     """`(model, scan_path)`: the HF Mamba saved in directory `path`, on `device`, with the selective-scan
-    path installed (what resuming a run and `load_checkpoint` both use)."""
-    model = _load_pretrained(str(path))
+    path installed (what resuming a run and `load_checkpoint` both use). A LoRA checkpoint (an
+    adapter) is put on its base: merged into it, or (`trainable`, to resume) as a peft model."""
+    from mamba_nb import lora
+
+    adapter = lora.is_adapter(path)
+    model = _load_pretrained(lora.adapter_base(path) if adapter else str(path))
+    if adapter:  # the base grows the FIM rows the adapter was trained with (same seed, same rows)
+        from transformers import AutoTokenizer
+
+        resize_embeddings(model, padded_vocab_size(AutoTokenizer.from_pretrained(str(path))))
     if device is not None:
         model.to(device)  # first: the scan path ("auto", "kernels") depends on the device
-    return model, _install_scan(model, scan)
+    scan_path = _install_scan(model, scan)
+    if adapter:
+        model = lora.load_adapter(model, path, trainable=trainable)
+        if not trainable:
+            model = model.merge_and_unload()
+    return model, scan_path
 
 
 def load_checkpoint(path, scan: str = "auto", device: Optional[str] = None):

@@ -41,7 +41,7 @@ from mamba_nb.windows import DataStream
 # the same run (another model, other windows, another order of data).
 MUST_MATCH = ("arch", "preset", "pretrained", "hidden_size", "num_hidden_layers", "state_size", "context_len",
               "fim_rate", "spm_rate", "fim_level", "fim_region_lines", "line_hole_rate", "seed", "batch_size",
-              "grad_accum")
+              "grad_accum", "lora_rank", "lora_targets")
 
 
 def dataset_fingerprint(ds) -> dict:
@@ -167,7 +167,7 @@ class Trainer:
             return False
         saved = ckpt.load_training_state(resume_from)
         _check_resumable(saved, cfg, self.ds, d, resume_from)
-        self.model, scan_path = load_model(resume_from, cfg.scan, self.device)
+        self.model, scan_path = load_model(resume_from, cfg.scan, self.device, trainable=True)
         self.say(f"resuming {str(resume_from)!r} at step {saved['step']} ({saved['tokens_seen']:,} tokens seen); "
                  f"selective scan: {SCAN_NAMES.get(scan_path, scan_path)}")
         self.optimizer = make_optimizer(self.model, cfg, self.device)
