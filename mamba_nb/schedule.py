@@ -4,8 +4,10 @@
 - `lr_at`: linear warmup, then a cosine down to `min_lr_ratio * lr`.
 - `ScheduleSizer`: with only `time_budget_s`, the cosine needs a length. The first warmup steps
   (whose learning rate does not depend on it) are timed and the length is fixed from their
-  pace; it is timed again, from the steadier steps since, when warmup ends. The run still
-  stops when the time is up, even if the estimate was long.
+  pace; it is timed again, from the steadier steps since, when warmup ends, and then every
+  `RESIZE_EVERY` steps from the pace since warmup: a machine that was busy for a while (or got
+  faster) does not leave the run short of its budget, or the cosine cut before its end. The run
+  still stops when the time is up.
 
 Not here: the loop that applies them (`train.py`).
 """
@@ -17,6 +19,7 @@ from typing import Optional
 import torch
 
 TIME_PROBE_STEPS = 10  # at most this many warmup steps are timed to size a time-budgeted schedule
+RESIZE_EVERY = 50  # after warmup, a time-budgeted schedule is sized again this often (steps)
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -108,5 +111,10 @@ class ScheduleSizer:
                 self.since = (step, elapsed_s)  # the refinement times the steps after this one
                 return pace, ""
         elif step == self.refine_at and self.since is not None and step > self.since[0]:
-            return self._pace(step, elapsed_s, step_s), " (timed again after warmup)"
+            pace = self._pace(step, elapsed_s, step_s)
+            self.since = (step, elapsed_s)  # from here on: the pace after warmup
+            return pace, " (timed again after warmup)"
+        elif (self.since is not None and step > self.since[0] and step > self.probe_end
+              and (step - self.since[0]) % RESIZE_EVERY == 0):
+            return self._pace(step, elapsed_s, step_s), f" (timed again at step {step})"
         return None

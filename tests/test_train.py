@@ -442,3 +442,28 @@ def test_training_with_gradient_checkpointing_resumes_exactly(tiny_dataset, tmp_
     train(stopped)
     ref, resumed = records(tmp_path / "ref", "train"), records(tmp_path / "stopped", "train")
     assert [ref[s]["loss"] for s in (3, 4)] == [resumed[s]["loss"] for s in (3, 4)]
+
+
+def test_a_time_budget_is_kept_when_the_pace_changes(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """Steps three times slower during warmup (a busy machine), normal after: the schedule is sized
+    again as the run goes, so it still uses its whole budget instead of ending early."""
+    import types
+
+    from mamba_nb import train as train_module
+    from mamba_nb.schedule import RESIZE_EVERY
+
+    clock = {"t": 0.0, "calls": 0}
+
+    def perf_counter():  # 4 readings a step; 0.3 s a step while warming up, 0.1 s after
+        clock["calls"] += 1
+        clock["t"] += 0.1 if clock["calls"] <= 4 * 20 else 0.1 / 3
+        return clock["t"]
+
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    cfg = small(tiny_dataset, tmp_path / "run", max_steps=None, time_budget_s=30.0, warmup_steps=20,
+                eval_every=10**6, save_every=10**6)
+    train(cfg)
+    said = [line for line in capsys.readouterr().out.splitlines() if "a schedule of" in line]
+    state = ckpt.load_training_state(tmp_path / "run" / "latest")
+    assert len(said) >= 3 and f"timed again at step {20 + RESIZE_EVERY}" in said[2]
+    assert state["elapsed_s"] >= 30.0 - 0.5  # the budget was used, not cut short by the slow start
