@@ -22,6 +22,10 @@ from typing import Any, Optional
 # course shrink their work to seconds. Read once, here, and nowhere else.
 SMOKE = os.environ.get("MAMBA_NB_SMOKE", "0") not in ("", "0", "false", "False")
 
+# The course's training time: 10 minutes (`make course`); MAMBA_NB_COURSE_MINUTES=60 make course
+# runs the longer course into its own run directory (runs/course-60min).
+COURSE_MINUTES = float(os.environ.get("MAMBA_NB_COURSE_MINUTES", "10"))
+
 DEFAULT_DATA_DIR = "data/stdlib"
 # Code the course model never saw, to measure infilling on: a package every install of the
 # course has (jupyterlab needs it), written by other people than the standard library's.
@@ -385,8 +389,10 @@ def course_train_config(smoke: bool = SMOKE, root: str = ".") -> TrainConfig:
             max_steps=6, time_budget_s=None, warmup_steps=2, eval_every=3, eval_windows=4, save_every=3,
             num_workers=0, **COURSE_FIM,
         )
-    # a validation (and a snapshot for notebook 05's curve) about every minute of the course run
-    return TrainConfig(dataset=data.out_dir, out_dir=f"{root}/{DEFAULT_RUN_DIR}", eval_every=100, **COURSE_FIM)
+    # a validation (and a snapshot for notebook 05's curve) about every minute and a half
+    out_dir = DEFAULT_RUN_DIR if COURSE_MINUTES == 10 else f"{DEFAULT_RUN_DIR}-{COURSE_MINUTES:g}min"
+    return TrainConfig(dataset=data.out_dir, out_dir=f"{root}/{out_dir}", eval_every=100,
+                       time_budget_s=60 * COURSE_MINUTES, **COURSE_FIM)
 
 
 def course_eval_config(smoke: bool = SMOKE, root: str = ".") -> EvalConfig:
