@@ -19,6 +19,7 @@ loading a model (`mamba_nb.model.load_checkpoint`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,6 +30,8 @@ from typing import Callable, Optional
 
 import torch
 import yaml
+
+from mamba_nb.config import WindowConfig
 
 LATEST = "latest"
 SNAPSHOTS = "snapshots"
@@ -140,7 +143,13 @@ def find_resumable(out_dir) -> Path | None:
 def load_training_state(directory) -> dict:
     # weights_only: the state holds tensors and plain Python values only, so loading a
     # checkpoint from someone else cannot run code.
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    path = Path(directory) / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError) as err:  # torch's words for a file cut short or garbled
+        raise CheckpointError(f"{str(path)!r} is damaged ({str(err).splitlines()[0][:120]}): the run cannot "
+                              "resume (its model still loads for infill and evaluate); --no-resume starts over and "
+                              "moves the run aside") from None
 
 
 # --- the run directory as a whole: what belongs to a run, one trainer at a time ------------------
@@ -281,8 +290,19 @@ def run_config_of(checkpoint: str | Path | None) -> dict:
             except (yaml.YAMLError, UnicodeDecodeError) as err:
                 raise CheckpointError(f"{str(f)!r} is damaged ({type(err).__name__}); restore it, or delete it to "
                                       "use the checkpoint without its run settings") from None
-            return loaded if isinstance(loaded, dict) else {}
+            if not isinstance(loaded, dict):
+                raise CheckpointError(f"{str(f)!r} is damaged (not a mapping of settings); restore it, or delete it "
+                                      "to use the checkpoint without its run settings")
+            missing = [k for k in _WINDOW_KEYS if k not in loaded]
+            if missing:  # we write every field: a file without them was cut short (a truncated copy)
+                raise CheckpointError(f"{str(f)!r} is incomplete (no {', '.join(missing)}): restore it from the run, "
+                                      "or delete it to use the checkpoint without its run settings")
+            return loaded
     return {}
+
+
+# The settings a checkpoint's users read (its context length, the FIM layout it was trained with).
+_WINDOW_KEYS = tuple(f.name for f in dataclasses.fields(WindowConfig))
 
 
 def trained_context_len(checkpoint: str | Path | None) -> Optional[int]:

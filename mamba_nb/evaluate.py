@@ -32,6 +32,7 @@ from mamba_nb.config import INFILL_MODE, EvalConfig
 from mamba_nb.holes import Hole, block_tasks, documents_from, line_tasks, package_dir
 from mamba_nb.infill import infill_holes
 from mamba_nb.scores import edit_similarity, exact_match
+from mamba_nb.tokenizer import tokens_that_differ
 
 LINE_SLACK = 8  # an infill may write this many tokens more than the longest line allowed
 LOSS_BATCH = 8  # windows per forward pass for the validation losses (memory, not the numbers)
@@ -84,6 +85,12 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
         directory = resolve_checkpoint_dir(checkpoint)
         model, tokenizer = load_checkpoint(directory)
     ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset)
+    wrong = tokens_that_differ(ds.tokenizer, tokenizer)
+    if wrong:  # its windows' ids would mean other tokens to the model: every loss and hole meaningless
+        raise ValueError(f"{str(ds.path)!r} was tokenized with another tokenizer than the checkpoint's "
+                              f"({len(wrong)} tokens differ, e.g. {wrong[:3]}): evaluate on the dataset the model "
+                              "was trained on (its run_config.yaml names it), or build one with --tokenizer "
+                              "<the checkpoint's directory>")
     run_config = run_config_of(directory)
     context_len = run_config.get("context_len")
     report: dict = {"checkpoint": str(directory) if directory else None, "dataset": str(ds.path),

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from mamba_nb.config import ModelConfig
-from mamba_nb.tokenizer import FimTokens
+from mamba_nb.tokenizer import FimTokens, tokens_that_differ
 
 ARCHS = ("mamba", "mamba2")
 PEER_ARCHS = ("llama",)  # not a Mamba: the transformer the course compares with (training and losses only)
@@ -188,8 +188,7 @@ def _check_same_base_vocab(pretrained: str, tokenizer) -> None:
     except (OSError, ValueError):
         print(f"note: {pretrained!r} has no tokenizer files; cannot check the dataset's tokenizer against it")
         return
-    ours = tokenizer.get_vocab()
-    wrong = [t for t, i in base.get_vocab().items() if ours.get(t) != i]
+    wrong = tokens_that_differ(base, tokenizer)
     if wrong:
         raise ValueError(
             f"the dataset's tokenizer is not the tokenizer of {pretrained!r} ({len(wrong)} tokens differ, "
@@ -201,8 +200,13 @@ def _check_same_base_vocab(pretrained: str, tokenizer) -> None:
 def _load_pretrained(path: str):
     from transformers import AutoModelForCausalLM
 
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except SafetensorError as err:  # a weights file cut short (a copy interrupted, a full disk)
+        raise ValueError(f"the weights (*.safetensors) in {path!r} are damaged ({err}); restore the directory, or use a snapshot "
+                         "of the run (its snapshots/ folder)") from None
     except (OSError, ValueError) as err:
         raise ValueError(
             f"could not load a model from {path!r} ({err}); pass a local directory saved with "
@@ -300,7 +304,7 @@ def load_checkpoint(path, scan: str = "auto", device: Optional[str] = None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as err:
-        raise ValueError(f"the tokenizer files in {str(directory)!r} are missing or damaged ({err}); copy them "
+        raise ValueError(f"the tokenizer files in {str(directory)!r} are missing or damaged ({str(err).splitlines()[0]}); copy them "
                          "from the dataset's tokenizer/ folder (they are the same files)") from None
     model.eval()
     return model, tokenizer

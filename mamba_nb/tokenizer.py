@@ -216,3 +216,10 @@ def text_bytes_per_token(tokenizer) -> np.ndarray:
             continue
         out[i] = len(table[i]) if table is not None else len(tokenizer.decode([i]).encode())
     return out
+
+
+def tokens_that_differ(base, ours) -> list[str]:
+    """The tokens of tokenizer `base` that `ours` lacks or maps to another id: empty when `ours`
+    reads `base`'s token ids the same (it may add tokens, e.g. the FIM ones)."""
+    vocab = ours.get_vocab()
+    return [t for t, i in base.get_vocab().items() if vocab.get(t) != i]
