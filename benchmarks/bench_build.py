@@ -9,7 +9,9 @@ once up front (BPE training time is reported on its own line):
         stored as int64, one token per row (target ≥ 1.4);
   (iii) bytes on disk of our dataset  ÷  bytes of that recipe's dataset (target ≤ 0.3);
   (iv)  peak RSS of a default build (BPE training included) of 1× and 4× the stdlib
-        (the file list repeated), each in its own subprocess: streaming keeps it flat.
+        (the file list repeated), each in its own subprocess: streaming keeps it flat;
+  (v)   with --huge-file-mb 50, only this: peak RSS of a directory build with one 50 MB file
+        ÷ the same build without it (target ≤ 1.2).
 
     .venv/bin/python benchmarks/bench_build.py [--quick] [--vocab-size 8192] [--keep]
 """
@@ -64,8 +66,12 @@ def lance_recipe(tokenizer, texts: list[str], uri: Path) -> int:
 
 def child_build(args) -> None:
     """Run in a subprocess: one default build; print its own peak RSS as JSON."""
-    cfg = DataConfig(source="stdlib", vocab_size=args.vocab_size, out_dir=args.out, overwrite=True)
-    ds = build_dataset(cfg, corpus=corpus_of(args.files, args.repeat), progress=False)
+    if args.dir:  # a directory corpus (--huge-file-mb)
+        cfg = DataConfig(source="dir", path=args.dir, vocab_size=args.vocab_size, out_dir=args.out, overwrite=True)
+        ds = build_dataset(cfg, progress=False)
+    else:
+        cfg = DataConfig(source="stdlib", vocab_size=args.vocab_size, out_dir=args.out, overwrite=True)
+        ds = build_dataset(cfg, corpus=corpus_of(args.files, args.repeat), progress=False)
     status = Path("/proc/self/status").read_text()
     hwm_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
     tokens = ds.num_tokens("train") + ds.num_tokens("validation")
@@ -101,6 +107,35 @@ def peak_rss(args, files, work: Path) -> None:
           f"(flat ≈ 1.0; this parent was {parent:.0f} MiB when they ran)", flush=True)
 
 
+def huge_file_rss(args, work: Path) -> None:
+    """(v): the peak RSS of a directory build (300 stdlib files) with one file of `--huge-file-mb`
+    MB added, ÷ the same build without it. Documents over `max_document_bytes` are skipped
+    (counted in the summary), so one generated or vendored giant cannot take the machine's memory."""
+    corpus = corpus_of(300)
+    root = work / "corpus"
+    for i, f in enumerate(corpus.files):
+        dest = root / f"f{i:04d}.py"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes((Path(corpus.root) / f).read_bytes())
+    hwm = {}
+    for label in ("without", "with"):
+        if label == "with":
+            chunk = (root / "f0000.py").read_text()
+            with open(root / "huge.py", "w") as out:
+                for _ in range(args.huge_file_mb * 2**20 // max(len(chunk), 1) + 1):
+                    out.write(chunk)
+        cmd = [sys.executable, __file__, "--child-build", "--dir", str(root), "--vocab-size", str(args.vocab_size),
+               "--out", str(work / f"huge-{label}")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"child build failed:\n{proc.stderr}")
+        hwm[label] = json.loads(proc.stdout.strip().splitlines()[-1])["vm_hwm_mib"]
+        print(f"peak RSS, directory build of 300 files {label} one {args.huge_file_mb} MB file: {hwm[label]:.0f} MiB",
+              flush=True)
+    print(f"(v)   peak RSS with ÷ without the {args.huge_file_mb} MB file: {hwm['with'] / hwm['without']:5.2f} "
+          "(target ≤ 1.2)", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the first 300 stdlib files instead of all")
@@ -112,9 +147,18 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--files", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--huge-file-mb", type=int, default=0,
+                   help="only (v): the peak RSS of a build with one file this big ÷ without it")
     args = p.parse_args()
     if args.child_build:
         return child_build(args)
+    if args.huge_file_mb:
+        work = Path(tempfile.mkdtemp(prefix="bench_build_"))
+        try:
+            return huge_file_rss(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     files = 300 if args.quick else None
     work = Path(tempfile.mkdtemp(prefix="bench_build_"))
     try:

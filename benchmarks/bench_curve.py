@@ -50,6 +50,18 @@ def score(snapshot: dict, ds, humaneval: bool) -> dict:
     return out
 
 
+def checkpoint_point(run: str) -> dict:
+    """A finished run's final model as a point of the curve (its last validation's numbers)."""
+    from mamba_nb.checkpoint import resolve_checkpoint_dir
+    from mamba_nb.viz.training import read_metrics
+
+    evals = [r for r in read_metrics(run) if r["kind"] == "eval"]
+    steps = [r for r in read_metrics(run) if r["kind"] == "train"]
+    return {"path": str(resolve_checkpoint_dir(run)), "step": evals[-1]["step"], "tokens_seen": evals[-1]["tokens_seen"],
+            "elapsed_s": sum(r["step_s"] for r in steps), "val_loss": evals[-1]["val_loss"],
+            "val_bpb": evals[-1].get("val_bpb")}
+
+
 def main(argv=None) -> int:
     from mamba_nb.checkpoint import list_snapshots
     from mamba_nb.dataset import open_dataset
@@ -58,16 +70,20 @@ def main(argv=None) -> int:
     p.add_argument("--run", default=str(ROOT / "runs" / "course-60min"))
     p.add_argument("--dataset", default=str(ROOT / "data" / "stdlib"))
     p.add_argument("--minutes", type=float, nargs="+", default=[10, 20, 40, 60])
+    p.add_argument("--checkpoint", help="score this one checkpoint instead (e.g. the 10-minute course's)")
     p.add_argument("--no-humaneval", action="store_true")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
-    snaps = list_snapshots(args.run)
-    if not snaps:
-        raise SystemExit(f"no snapshots in {args.run}; train it first: MAMBA_NB_COURSE_MINUTES=60 make course")
+    if args.checkpoint:
+        picked = [checkpoint_point(args.checkpoint)]
+    else:
+        snaps = list_snapshots(args.run)
+        if not snaps:
+            raise SystemExit(f"no snapshots in {args.run}; train it first: MAMBA_NB_COURSE_MINUTES=60 make course")
+        picked = [min(snaps, key=lambda s: abs(s["elapsed_s"] - 60 * minute)) for minute in args.minutes]
     ds = open_dataset(args.dataset)
     rows = []
-    for minute in args.minutes:
-        snap = min(snaps, key=lambda s: abs(s["elapsed_s"] - 60 * minute))
+    for snap in picked:
         rows.append(score(snap, ds, not args.no_humaneval))
         print(json.dumps(rows[-1]), flush=True)
     if args.json:

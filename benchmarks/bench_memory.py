@@ -7,7 +7,7 @@ bytes a full fine-tune, a LoRA fine-tune or FSDP would need at the public sizes,
    state). With and without `--gradient-checkpointing`; the ratio is what the flag buys.
 2. Computed from the configs: parameters, gradients, AdamW state (fp32 weights, two fp32
    moments) and activations at 8 x 2048 for the 130m / 370m / 1.4b / 2.8b presets, full
-   fine-tune against LoRA (rank 8 on in_proj and x_proj) against gradient checkpointing and FSDP
+   fine-tune against LoRA (rank 8 on in_proj, the default target) against gradient checkpointing and FSDP
    over N GPUs. Activations: the per-layer tensors HF's PyTorch path keeps for the backward
    (see `activation_bytes`), an estimate; the measured tiny numbers above check its order.
 
@@ -106,7 +106,7 @@ def table(gpus: int) -> list[dict]:
         inner, rank = 2 * h, math.ceil(h / 16)
         per_layer = h * 2 * inner + inner * 4 + inner * (rank + 2 * state) + rank * inner + inner * state + inner + inner * h + h
         params = n_layers * per_layer + vocab * h + h
-        lora = n_layers * 8 * ((h + 2 * inner) + (inner + rank + 2 * state))  # rank 8: in_proj, x_proj
+        lora = n_layers * 8 * (h + 2 * inner)  # rank 8 on in_proj (h -> 2 inner): A is 8 x h, B is 2 inner x 8
         full = dict(weights=4 * params, grads=4 * params, adam=8 * params)
         act = activation_bytes(h, n_layers, state, vocab, tokens, False)
         act_ckpt = activation_bytes(h, n_layers, state, vocab, tokens, True)

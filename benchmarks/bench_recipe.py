@@ -37,6 +37,8 @@ CANDIDATES: dict[str, tuple[str, list[str], int | None, dict]] = {
     "course": ("the course default", [], None, {}),
     "paper-fim": ("FIM as in the paper: whole-document spans (fim_region_lines 0)",
                   ["--fim-region-lines", "0", "--line-hole-rate", "0"], None, {}),
+    "fim-0.5": ("half the regions transformed (fim_rate 0.5, from 0.9): more plain code read in order",
+                ["--fim-rate", "0.5"], None, {}),
     "mamba2": ("Mamba-2 (state 64, HF's chunked scan)", ["--arch", "mamba2"], None, {}),
     "llama": ("a same-size transformer (HF Llama, SDPA attention)", ["--arch", "llama"], None, {}),
     "wide": ("hidden 384 (from 256)", ["--hidden-size", "384"], None, {}),
