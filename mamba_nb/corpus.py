@@ -238,6 +238,8 @@ class HFCorpus(Corpus):
                 return datasets.load_dataset(
                     builder, data_files={self.split: str(path)}, split=self.split, streaming=self.streaming
                 )
+            if not path.is_dir():
+                _check_hub_reachable(self.name_or_files)
             return datasets.load_dataset(
                 str(path) if path.is_dir() else self.name_or_files,
                 self.config_name,
@@ -314,3 +316,27 @@ def _corpus_of(cfg) -> Corpus:
             cfg.path, cfg.hf_text_column, cfg.hf_split, cfg.hf_config, cfg.hf_streaming, cfg.max_documents
         )
     raise AssertionError(f"source {cfg.source!r}: DataConfig allows no other")
+
+
+HUB_PROBE_S = 3.0  # how long to wait for the Hub's server to answer before saying it is unreachable
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail in seconds, not after the client's retries (24 s here), when the Hub cannot be reached.
+    HF_HUB_OFFLINE=1 skips the check: then `datasets` reads its local cache."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+    except OSError as err:
+        raise CorpusError(
+            f"{name!r} is not a local path, and the Hugging Face Hub ({host}:{port}) cannot be reached from here "
+            f"({err.strerror or err}): pass --path as local data files or a directory, set HF_HUB_OFFLINE=1 to "
+            "use a copy in the local cache, or run where the Hub is reachable"
+        ) from None

@@ -119,6 +119,25 @@ def test_hf_missing_files(tmp_path):
         list(HFCorpus(str(tmp_path / "none-*.jsonl")))
 
 
+def test_an_unreachable_hub_fails_at_once_with_what_to_do(monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the Hub was asked anyway"))
+    with pytest.raises(CorpusError, match=rf"codeparrot/none.*127\.0\.0\.1:{port}.*cannot be reached.*HF_HUB_OFFLINE=1"):
+        list(HFCorpus("codeparrot/none", max_documents=2))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline on purpose: datasets reads its cache, no probe
+    with pytest.raises(BaseException, match="the Hub was asked anyway"):
+        list(HFCorpus("codeparrot/none", max_documents=2))
+
+
 def test_config_mapping(tiny_corpus_dir):
     assert corpus_from_config(DataConfig()).kind == "stdlib"
     corpus = corpus_from_config(DataConfig(source="dir", path=str(tiny_corpus_dir), patterns=["*.txt"]))
