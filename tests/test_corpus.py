@@ -1,7 +1,10 @@
 """Corpus sources: stdlib, a directory with globs, a Hugging Face dataset from local files."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import sysconfig
 from pathlib import Path
 
@@ -117,6 +120,22 @@ def test_hf_missing_column_lists_the_columns(jsonl_file):
 def test_hf_missing_files(tmp_path):
     with pytest.raises(CorpusError, match="no data file matches"):
         list(HFCorpus(str(tmp_path / "none-*.jsonl")))
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EIO])
+def test_an_unreadable_corpus_file_is_one_line_naming_it(tiny_corpus_dir, monkeypatch, code):
+    corpus = FileCorpus.glob(tiny_corpus_dir, ["**/*.py"])
+    victim = corpus.files[1]
+    real = Path.read_bytes
+
+    def read_bytes(self):  # root reads anything, so the fault is injected (chmod 000 would not do it in CI)
+        if self == victim:
+            raise OSError(code, os.strerror(code))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(CorpusError, match=rf"cannot read corpus file '{re.escape(str(victim))}' \({os.strerror(code)}\).*--patterns"):
+        list(corpus)
 
 
 def test_an_unreachable_hub_fails_at_once_with_what_to_do(monkeypatch):
