@@ -286,7 +286,8 @@ def run_config_of(checkpoint: str | Path | None) -> dict:
         f = d / RUN_CONFIG_FILE
         if f.is_file():
             try:
-                loaded = yaml.safe_load(f.read_text())
+                text = f.read_text()
+                loaded = yaml.safe_load(text)
             except (yaml.YAMLError, UnicodeDecodeError) as err:
                 raise CheckpointError(f"{str(f)!r} is damaged ({type(err).__name__}); restore it, or delete it to "
                                       "use the checkpoint without its run settings") from None
@@ -294,7 +295,7 @@ def run_config_of(checkpoint: str | Path | None) -> dict:
                 raise CheckpointError(f"{str(f)!r} is damaged (not a mapping of settings); restore it, or delete it "
                                       "to use the checkpoint without its run settings")
             missing = [k for k in _WINDOW_KEYS if k not in loaded]
-            if missing:  # we write every field: a file without them was cut short (a truncated copy)
+            if missing and not text.endswith("\n"):  # written whole, it ends a line: this one was cut short
                 raise CheckpointError(f"{str(f)!r} is incomplete (no {', '.join(missing)}): restore it from the run, "
                                       "or delete it to use the checkpoint without its run settings")
             return loaded
