@@ -115,6 +115,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "lora_rank": _at_least(0, "(0: no LoRA)"),
     "eval_every": _at_least(1, "step"),
     "eval_windows": _at_least(1, "window"),
+    "gain_holes": _at_least(0, "hole"),
     "save_every": _at_least(1, "step"),
     "num_workers": _at_least(0),
     "device": (lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"), "auto, cpu, cuda[:N] or mps"),
@@ -236,6 +237,9 @@ class TrainConfig(WindowConfig, ModelConfig):
     lora_targets: list[str] = field(default_factory=lambda: ["in_proj"])  # see lora.py for why in_proj
     eval_every: int = 200
     eval_windows: int = 64
+    # held-out single lines whose suffix gain (SPM prompt) each validation logs: when does the model
+    # start to use the suffix? 0: not measured
+    gain_holes: int = 64
     save_every: int = 500
     num_workers: int = 1
     device: str = "auto"
@@ -386,7 +390,7 @@ def course_train_config(smoke: bool = SMOKE, root: str = ".") -> TrainConfig:
     if smoke:
         return TrainConfig(
             dataset=data.out_dir, out_dir=f"{root}/runs/smoke", context_len=64, batch_size=4,
-            max_steps=6, time_budget_s=None, warmup_steps=2, eval_every=3, eval_windows=4, save_every=3,
+            max_steps=6, time_budget_s=None, warmup_steps=2, eval_every=3, eval_windows=4, gain_holes=4, save_every=3,
             num_workers=0, **COURSE_FIM,
         )
     # a validation (and a snapshot for notebook 05's curve) about every minute and a half

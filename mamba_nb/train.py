@@ -131,6 +131,7 @@ class Trainer:
         self.ds = open_dataset(cfg.dataset)
         _check_fits(self.ds, cfg, d)
         self.tokenizer = self.ds.tokenizer
+        self.gain_holes = self._gain_holes()
         self.resumed = self._build_or_resume()
         self.net = self.model
         if d.on:
@@ -336,13 +337,38 @@ class Trainer:
                      "Run the same command again to resume.")
         return stopping
 
+    def _gain_holes(self) -> list:
+        """The fixed held-out lines each validation measures the suffix gain on (main process only)."""
+        from mamba_nb.holes import line_tasks
+
+        if not (self.d.main and self.cfg.gain_holes):
+            return []
+        return line_tasks(self.ds.documents("validation"), self.cfg.gain_holes, seed=0, tokenizer=self.tokenizer)
+
+    def _suffix_gain(self) -> dict:
+        from mamba_nb.infill import near_lines_for
+        from mamba_nb.suffix_gain import suffix_gain
+
+        if not self.gain_holes:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            g = suffix_gain(self.model, self.tokenizer, self.gain_holes, modes=("spm",), context_len=self.cfg.context_len,
+                            near_lines=near_lines_for(self.cfg.fim_region_lines))
+        finally:
+            self.model.train(was_training)
+        return {"val_suffix_gain": g["spm"]["gain"], "val_suffix_gain_interval": g["spm"]["interval"]}
+
     def _validate(self) -> None:
         cfg, s = self.cfg, self.state
         losses = validation_losses(self.model, self.ds, cfg, cfg.batch_size, cfg.eval_windows, self.device, self.d)
+        losses.update(self._suffix_gain())
         record = {"kind": "eval", "step": s.step, "tokens_seen": s.tokens_seen, **losses}
         self.log.log(record)
         if self.d.main:
-            self.say(f"step {s.step}: val_loss {losses['val_loss']:.4f}, val_fim_loss {losses['val_fim_loss']:.4f}")
+            gain = f", suffix gain {losses['val_suffix_gain']:+.3f}" if "val_suffix_gain" in losses else ""
+            self.say(f"step {s.step}: val_loss {losses['val_loss']:.4f}, val_fim_loss {losses['val_fim_loss']:.4f}{gain}")
             ckpt.save_snapshot(self.out, self.model, self.tokenizer, {**record, "elapsed_s": s.elapsed_s})
             self.log.plot(self.out)
         if self.on_eval is not None:

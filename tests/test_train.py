@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -112,12 +113,26 @@ def test_run_writes_checkpoint_snapshots_metrics_and_plot(tiny_dataset, tmp_path
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
     for r in eval_rec.values():  # FIM off and FIM middles: both finite, both near log(vocab) untrained
         assert 0 < r["val_loss"] < 10 and 0 < r["val_fim_loss"] < 10
+        lo, hi = r["val_suffix_gain_interval"]  # the suffix gain on the fixed held-out lines, with its interval
+        assert math.isfinite(r["val_suffix_gain"]) and lo <= r["val_suffix_gain"] <= hi
+    assert "suffix gain" in out.out + out.err
     # running the finished run again resumes it, finds it complete, and changes nothing
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
     capsys.readouterr()
     train(small(tiny_dataset, tmp_path / "run"))
     assert "already complete" in capsys.readouterr().out
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_the_suffix_gain_is_measured_on_fixed_holes_and_leaves_training_alone(tiny_dataset, tmp_path):
+    """Measuring the suffix gain at each validation changes no training loss (it draws nothing from
+    the training run's random streams), and switching it off leaves it out of the records."""
+    with_gain = train(small(tiny_dataset, tmp_path / "a", gain_holes=8))
+    without = train(small(tiny_dataset, tmp_path / "b", gain_holes=0))
+    a, b = records(with_gain.parent, "train"), records(without.parent, "train")
+    assert [r["loss"] for r in a.values()] == [r["loss"] for r in b.values()]
+    assert all("val_suffix_gain" in r for r in records(with_gain.parent, "eval").values())
+    assert not any("val_suffix_gain" in r for r in records(without.parent, "eval").values())
 
 
 def test_validation_is_deterministic_and_fim_loss_counts_middles_only(tiny_dataset):
