@@ -44,6 +44,8 @@ def _target_losses(model, sequences: list[list[int]], targets: list[list[int]], 
     """Per sequence, the loss (nats) of each position listed in its `targets` (indices into the
     sequence, never 0): -log p(token at t | tokens before t)."""
     device = next(model.parameters()).device
+    if hasattr(model, "get_base_model"):  # a peft model (LoRA training): its HF model, adapters in place
+        model = model.get_base_model()
     head = model.get_output_embeddings()
     out: list[Optional[np.ndarray]] = [None] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths: less padding
