@@ -43,6 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+# Lance warns at every fork of a process that imported it. Each program here starts through a fork
+# (preexec_fn sets its limits) that execs at once and never touches a Lance handle, so the warning
+# is noise, dozens of times per evaluation in a notebook. Only that message is silenced, at each
+# start (a warnings context entered since, e.g. a test runner's, would have dropped a filter set once).
+_LANCE_FORK = dict(action="ignore", message="lance is not fork-safe", category=UserWarning)
+
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
 #: How a run ended. Only "passed" counts as a pass.
 STATUSES = ("passed", "failed", "blocked", "timeout", "memory", "output_limit")
@@ -174,6 +180,7 @@ def run_python(source: str, *, timeout_s: float = 5.0, memory_mb: int = 512, max
             cwd = work
         fsize = max_output_bytes + 4096  # a little over the cap: an overflow is detectable
         start = time.perf_counter()
+        warnings.filterwarnings(**_LANCE_FORK)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = subprocess.Popen(cmd, cwd=cwd, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work),
                                                        "TMPDIR": str(work), "PYTHONDONTWRITEBYTECODE": "1"},

@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import textwrap
+import warnings
 
 import pytest
 
@@ -268,3 +269,14 @@ def test_bad_limits_are_named():
         run_python("pass", memory_mb=1)
     with pytest.raises(ValueError, match="disk_mb"):
         run_python("pass", disk_mb=0)
+
+
+def test_running_programs_after_lance_is_imported_warns_nothing():
+    """Lance warns at every fork; the sandbox's fork execs at once, so notebooks must not show it."""
+    import lance  # noqa: F401  (registers lance's at-fork warning)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", append=True)  # every other warning is recorded, every time
+        r = sandbox.run_python("print('ok')", timeout_s=10.0)
+    assert r.passed
+    assert not [w for w in caught if "fork-safe" in str(w.message)], [str(w.message) for w in caught]
