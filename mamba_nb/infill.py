@@ -235,6 +235,20 @@ def trained_near_lines(checkpoint: Union[str, Path, None]) -> Optional[tuple[int
     return near_lines_for(int(run_config_of(checkpoint).get("fim_region_lines") or 0))
 
 
+FROM_CHECKPOINT = "checkpoint"  # `near_lines` default: the layout the model's run config says it was trained with
+
+
+def model_source(model) -> str:
+    """Where the model was loaded from (its checkpoint directory, or "" for a model built here)."""
+    return getattr(model, "name_or_path", None) or model.config._name_or_path
+
+
+def resolve_near_lines(model, near_lines) -> Optional[tuple[int, int]]:
+    """`near_lines` as given (None: the FIM paper's plain layout), or, for `FROM_CHECKPOINT`, read
+    from the model's checkpoint."""
+    return trained_near_lines(model_source(model)) if near_lines == FROM_CHECKPOINT else near_lines
+
+
 # --- constrained first tokens (healing) -------------------------------------------------
 
 
@@ -464,7 +478,7 @@ def infill(
     seed: int = 0,
     batch_size: int = 16,
     context_len: Optional[int] = None,
-    near_lines: Optional[tuple[int, int]] = None,
+    near_lines: Union[tuple[int, int], None, str] = FROM_CHECKPOINT,
     heal: Optional[bool] = None,
 ) -> Union[InfillResult, list[InfillResult]]:
     """Fill the hole(s) between `prefix` and `suffix`; one `InfillResult`, or a list for list input.
@@ -476,17 +490,16 @@ def infill(
     checkpoint's run config); a longer prompt loses its prefix's far end (then, past half the
     context, the suffix's far end), with a warning.
     `near_lines`: for a model trained with FIM regions, the (prefix lines, suffix lines) around the
-    hole that go inside the FIM sample, the rest of the prefix before it (default: read from the
-    checkpoint's run config, see `near_lines_for`).
+    hole that go inside the FIM sample, the rest of the prefix before it; None: the whole prefix and
+    suffix in the sample (default: read from the checkpoint's run config, see `near_lines_for`).
     `heal`: token healing of the prefix's trailing whitespace (default: only for mode="lm").
     """
     single, prefixes, suffixes = _as_holes(prefix, suffix)
     _check_settings(mode, max_new_tokens, temperature, top_p, best_of, batch_size)
     stop = [stop] if isinstance(stop, str) else list(stop)
     fim, eot, special, vocab_limit = _special_ids(model, tokenizer, mode)
-    source = getattr(model, "name_or_path", None) or model.config._name_or_path
-    context_len = trained_context_len(source) if context_len is None else context_len
-    near_lines = trained_near_lines(source) if near_lines is None else near_lines
+    context_len = trained_context_len(model_source(model)) if context_len is None else context_len
+    near_lines = resolve_near_lines(model, near_lines)
     heals = [""] * len(prefixes)
     if heal if heal is not None else mode == "lm":
         split = [_split_heal(p) for p in prefixes]

@@ -21,13 +21,13 @@ Nothing here generates text (see `infill.py`) or chooses holes (see `evaluate.py
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamba_nb.infill import encode_prompts, trained_near_lines
+from mamba_nb.infill import FROM_CHECKPOINT, encode_prompts, resolve_near_lines
 from mamba_nb.tokenizer import FimTokens
 
 BOOTSTRAP_SAMPLES = 1000
@@ -107,14 +107,14 @@ def bootstrap_interval(diff_sums: np.ndarray, counts: np.ndarray, samples: int =
 
 def suffix_gain(model, tokenizer, tasks: Sequence, modes: Sequence[str] = ("spm", "psm"),
                 context_len: Optional[int] = None, batch_size: int = 16, seed: int = 0,
-                near_lines: Optional[tuple[int, int]] = None) -> dict:
-    """The suffix gain of each FIM layout in `modes` on `tasks` (objects with prefix, middle, suffix).
+                near_lines: Union[tuple[int, int], None, str] = FROM_CHECKPOINT) -> dict:
+    """The suffix gain of each FIM layout in `modes` on `tasks` (objects with prefix, middle, suffix),
+    with the prompt layout `infill` uses (`near_lines`: as in `infill`).
 
     Returns {"holes", "tokens", "prefix_only_loss", and per mode {"loss", "gain", "interval",
     "eot_loss"}}; losses in nats per middle token, the interval at 95 %.
     """
-    if near_lines is None:  # what `infill` would use for this checkpoint
-        near_lines = trained_near_lines(getattr(model, "name_or_path", None) or model.config._name_or_path)
+    near_lines = resolve_near_lines(model, near_lines)
     tasks = [t for t in tasks if t.middle]  # an empty middle has no token to score
     cols = ([t.prefix for t in tasks], [t.middle for t in tasks], [t.suffix for t in tasks])
     lm_sums, counts, _ = middle_losses(model, tokenizer, *cols, "lm", context_len, batch_size)

@@ -117,3 +117,20 @@ def test_near_prompts_never_exceed_the_context(tok, near_lines):
                                   near_lines=near_lines)
     assert len(prompts[0]) <= 64 - 10 and cut
     assert tok.decode(prompts[0]).count("<fim_middle>") == 1
+
+
+def test_near_lines_come_from_the_checkpoint_only_when_asked(tmp_path):
+    """Default: the layout the model's run config names. An explicit None is the plain layout (a
+    fine-tune without regions of a region-trained checkpoint is measured as it now trains)."""
+    import types
+
+    import yaml
+
+    from mamba_nb.config import WindowConfig, to_dict
+    from mamba_nb.infill import FROM_CHECKPOINT, resolve_near_lines
+
+    (tmp_path / "run_config.yaml").write_text(yaml.safe_dump(to_dict(WindowConfig(fim_region_lines=4))))
+    model = types.SimpleNamespace(name_or_path=str(tmp_path))
+    assert resolve_near_lines(model, FROM_CHECKPOINT) == (1, 2)
+    assert resolve_near_lines(model, None) is None
+    assert resolve_near_lines(model, (3, 3)) == (3, 3)
