@@ -78,6 +78,16 @@ def child_build(args) -> None:
     print(json.dumps({"tokens": tokens, "vm_hwm_mib": hwm_kib / 1024}))
 
 
+def run_child_build(args, out: Path, *flags: str) -> dict:
+    """One `child_build` in a fresh subprocess (its own allocator and high-water mark): its JSON line."""
+    cmd = [sys.executable, __file__, "--child-build", "--vocab-size", str(args.vocab_size), "--out", str(out), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"child build failed:\n{proc.stderr}")
+    shutil.rmtree(out, ignore_errors=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def peak_rss(args, files, work: Path) -> None:
     """(iv): default builds of 1× and 4× the corpus, each in a fresh subprocess.
 
@@ -89,17 +99,12 @@ def peak_rss(args, files, work: Path) -> None:
     parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peaks, hwm = {}, {}
     for repeat in (1, 4):
-        cmd = [sys.executable, __file__, "--child-build", "--repeat", str(repeat), "--vocab-size", str(args.vocab_size),
-               "--out", str(work / f"rss{repeat}")] + (["--files", str(files)] if files else [])
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"child build failed:\n{proc.stderr}")
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        child = run_child_build(args, work / f"rss{repeat}", "--repeat", str(repeat),
+                                *(["--files", str(files)] if files else []))
         # RUSAGE_CHILDREN is the max over the children waited for so far; 1× runs first
         peaks[repeat] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         hwm[repeat] = child["vm_hwm_mib"]
-        shutil.rmtree(work / f"rss{repeat}", ignore_errors=True)
         print(f"peak RSS, default build (BPE training included) of {repeat}× the corpus ({child['tokens']:,} tokens, "
               f"{time.perf_counter() - t:.0f} s): RUSAGE_CHILDREN {peaks[repeat]:.0f} MiB, child's VmHWM {hwm[repeat]:.0f} MiB",
               flush=True)
@@ -124,12 +129,7 @@ def huge_file_rss(args, work: Path) -> None:
             with open(root / "huge.py", "w") as out:
                 for _ in range(args.huge_file_mb * 2**20 // max(len(chunk), 1) + 1):
                     out.write(chunk)
-        cmd = [sys.executable, __file__, "--child-build", "--dir", str(root), "--vocab-size", str(args.vocab_size),
-               "--out", str(work / f"huge-{label}")]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"child build failed:\n{proc.stderr}")
-        hwm[label] = json.loads(proc.stdout.strip().splitlines()[-1])["vm_hwm_mib"]
+        hwm[label] = run_child_build(args, work / f"huge-{label}", "--dir", str(root))["vm_hwm_mib"]
         print(f"peak RSS, directory build of 300 files {label} one {args.huge_file_mb} MB file: {hwm[label]:.0f} MiB",
               flush=True)
     print(f"(v)   peak RSS with ÷ without the {args.huge_file_mb} MB file: {hwm['with'] / hwm['without']:5.2f} "

@@ -55,8 +55,9 @@ def checkpoint_point(run: str) -> dict:
     from mamba_nb.checkpoint import resolve_checkpoint_dir
     from mamba_nb.viz.training import read_metrics
 
-    evals = [r for r in read_metrics(run) if r["kind"] == "eval"]
-    steps = [r for r in read_metrics(run) if r["kind"] == "train"]
+    records = read_metrics(run)
+    evals = [r for r in records if r["kind"] == "eval"]
+    steps = [r for r in records if r["kind"] == "train"]
     return {"path": str(resolve_checkpoint_dir(run)), "step": evals[-1]["step"], "tokens_seen": evals[-1]["tokens_seen"],
             "elapsed_s": sum(r["step_s"] for r in steps), "val_loss": evals[-1]["val_loss"],
             "val_bpb": evals[-1].get("val_bpb")}

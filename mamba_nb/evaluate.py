@@ -88,9 +88,9 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
     wrong = tokens_that_differ(ds.tokenizer, tokenizer)
     if wrong:  # its windows' ids would mean other tokens to the model: every loss and hole meaningless
         raise ValueError(f"{str(ds.path)!r} was tokenized with another tokenizer than the checkpoint's "
-                              f"({len(wrong)} tokens differ, e.g. {wrong[:3]}): evaluate on the dataset the model "
-                              "was trained on (its run_config.yaml names it), or build one with --tokenizer "
-                              "<the checkpoint's directory>")
+                         f"({len(wrong)} tokens differ, e.g. {wrong[:3]}): evaluate on the dataset the model "
+                         "was trained on (its run_config.yaml names it), or build one with --tokenizer "
+                         "<the checkpoint's directory>")
     run_config = run_config_of(directory)
     context_len = run_config.get("context_len")
     report: dict = {"checkpoint": str(directory) if directory else None, "dataset": str(ds.path),
