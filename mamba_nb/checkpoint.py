@@ -6,16 +6,21 @@ Layout of a run directory (`TrainConfig.out_dir`):
         config.json, model.safetensors, tokenizer files   (HF save_pretrained: loads anywhere)
         training_state.pt        optimizer, schedule, data position, RNG states, step, tokens_seen
         run_config.yaml          the TrainConfig that wrote it
+        shards/                  FSDP runs only: each rank's share of the model and the optimizer
+                                 (torch.distributed.checkpoint); training_state.pt then holds no
+                                 optimizer, and model.safetensors is there after the run's final
+                                 save only (`check_weights_present` says how to convert otherwise)
     snapshots/step-0000200/      model + tokenizer + snapshot.json, one per validation
     metrics.jsonl, loss.png
 
 Every directory is written into a hidden temporary sibling and then renamed into place,
-so a failed write (disk full, killed process) leaves the previous `latest/` as it was.
+so a failed write (disk full, killed process) leaves the previous `latest/` as it was. An FSDP
+run's ranks all write their shards into that sibling before rank 0 renames it.
 Between the two renames of a replace, the previous checkpoint sits in `.latest.old/`,
 which `mamba_nb.model.resolve_checkpoint_dir` also accepts.
 
-Not here: what goes into the training state (that is `train.py`'s business) and
-loading a model (`mamba_nb.model.load_checkpoint`).
+Not here: what goes into the training state (that is `train.py`'s business), loading a
+model (`mamba_nb.model.load_checkpoint`), and what the shards hold (`mamba_nb.fsdp`).
 """
 from __future__ import annotations
 
@@ -38,38 +43,41 @@ SNAPSHOTS = "snapshots"
 STATE_FILE = "training_state.pt"
 RUN_CONFIG_FILE = "run_config.yaml"
 SNAPSHOT_FILE = "snapshot.json"
+SHARDS = "shards"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or does not fit the run that wants to resume from it."""
 
 
-def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> Path:
+def temp_dir_of(final: Path) -> Path:
+    """The hidden sibling a directory is written into before it is renamed into place."""
+    return Path(final).parent / f".{Path(final).name}.tmp"
+
+
+def write_dir_atomically(final: Path, write: Callable[[Path], None], filled: bool = False) -> Path:
     """Call `write(tmp)` to fill a temporary directory, then swap it in as `final`.
 
-    If `write` raises, the temporary directory is removed and `final` is untouched.
+    If `write` raises, the temporary directory is removed and `final` is untouched. `filled`:
+    the temporary directory already holds what other processes wrote (an FSDP run's shards).
     """
     from transformers.utils import logging as hf_logging
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp"
+    tmp = temp_dir_of(final)
     old = final.parent / f".{final.name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not filled:
+        shutil.rmtree(tmp, ignore_errors=True)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a "Writing model shards" bar per save would bury the training bar
     try:
-        tmp.mkdir()
+        tmp.mkdir(exist_ok=filled)
         write(tmp)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, Exception):
-            # OSError, and what torch.save / safetensors raise for the same failures (disk full, I/O)
-            kept = f"the previous {final.name!r} is unchanged" if final.exists() else "nothing was written"
-            raise CheckpointError(
-                f"could not write {str(final)!r} ({_why(err)}); {kept}. Free disk space ({_free(final.parent)} free) "
-                "or pick another --out-dir, then run the same command again to resume"
-            ) from err
+            raise _write_failed(final, err) from err
         raise
     finally:
         if bars:
@@ -80,6 +88,16 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> Path:
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_failed(final: Path, err: Exception) -> CheckpointError:
+    # OSError, and what torch.save / safetensors / torch.distributed.checkpoint raise for the same
+    # failures (disk full, I/O)
+    kept = f"the previous {final.name!r} is unchanged" if final.exists() else "nothing was written"
+    return CheckpointError(
+        f"could not write {str(final)!r} ({_why(err)}); {kept}. Free disk space ({_free(final.parent)} free) "
+        "or pick another --out-dir, then run the same command again to resume"
+    )
 
 
 def _why(err: BaseException) -> str:
@@ -94,27 +112,68 @@ def _free(path: Path) -> str:
         return "unknown"
 
 
+def _write_run_files(tmp: Path, tokenizer, state: dict, run_config: dict) -> None:
+    tokenizer.save_pretrained(tmp)
+    torch.save(state, tmp / STATE_FILE)
+    (tmp / RUN_CONFIG_FILE).write_text(yaml.safe_dump(run_config, sort_keys=False))
+
+
 def save_checkpoint(out_dir, model, tokenizer, state: dict, run_config: dict) -> Path:
     """Write `<out_dir>/latest/`: HF model + tokenizer, `training_state.pt`, `run_config.yaml`."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        torch.save(state, tmp / STATE_FILE)
-        (tmp / RUN_CONFIG_FILE).write_text(yaml.safe_dump(run_config, sort_keys=False))
+        _write_run_files(tmp, tokenizer, state, run_config)
 
     return write_dir_atomically(Path(out_dir) / LATEST, write)
+
+
+def save_sharded_checkpoint(out_dir, main: bool, write_shards: Callable[[Path], None], model, tokenizer,
+                            state: Optional[dict], run_config: dict, weights: Optional[dict] = None) -> Path:
+    """Write an FSDP run's `<out_dir>/latest/`; every rank calls it.
+
+    Each rank writes its shard of the model and the optimizer (`write_shards(dir)`, collective)
+    into the temporary directory; then rank 0 adds what `save_checkpoint` writes (`state`: the
+    training state without the optimizer; the model's config.json, and its weights when
+    `weights`, gathered on rank 0, are given) and renames it into place. The caller waits for
+    rank 0 (a barrier) before anything reads it."""
+    import torch.distributed as dist
+
+    final = Path(out_dir) / LATEST
+    tmp = temp_dir_of(final)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / SHARDS).mkdir(parents=True)
+    dist.barrier()  # the directory exists before any rank writes into it
+    try:
+        write_shards(tmp / SHARDS)
+    except Exception as err:  # raised on every rank: the shards' writer shares its outcome
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failed(final, err) from err
+    if not main:
+        return final
+
+    def write(tmp: Path) -> None:
+        if weights is None:
+            model.config.save_pretrained(tmp)  # the architecture; the weights are in the shards
+        else:
+            model.save_pretrained(tmp, state_dict=weights)
+        _write_run_files(tmp, tokenizer, state, run_config)
+
+    return write_dir_atomically(final, write, filled=True)
 
 
 def snapshot_dir(out_dir, step: int) -> Path:
     return Path(out_dir) / SNAPSHOTS / f"step-{step:07d}"
 
 
-def save_snapshot(out_dir, model, tokenizer, info: dict) -> Path:
-    """Write `<out_dir>/snapshots/step-XXXXXXX/`: model + tokenizer + `snapshot.json` (`info`)."""
+def save_snapshot(out_dir, model, tokenizer, info: dict, weights: Optional[dict] = None) -> Path:
+    """Write `<out_dir>/snapshots/step-XXXXXXX/`: model + tokenizer + `snapshot.json` (`info`).
+    `weights`: the model's whole weights when `model` holds only a shard of them (FSDP)."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         (tmp / SNAPSHOT_FILE).write_text(json.dumps(info, indent=1))
 
@@ -273,6 +332,21 @@ def resolve_checkpoint_dir(path) -> Path:
     raise FileNotFoundError(
         f"no model in {str(path)!r} (no config.json there or in {LATEST}/); pass a run directory written by "
         f"`python -m mamba_nb train`, its {LATEST}/ or {SNAPSHOTS}/step-*/ folder, or an HF model directory"
+    )
+
+
+def check_weights_present(directory) -> None:
+    """Refuse, with the command that converts them, an FSDP checkpoint whose weights are only in its
+    shards (the run stopped before its final save, which also writes them whole)."""
+    d = Path(directory)
+    if not (d / SHARDS).is_dir() or any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin")):
+        return
+    run = d.parent if d.name in (LATEST, f".{LATEST}.old") else d
+    raise CheckpointError(
+        f"{str(d)!r} holds an FSDP run's weights in shards only (the run stopped before its final save, which "
+        f"writes them whole too); convert them into a plain HF model with `python -m mamba_nb convert-fsdp "
+        f"--checkpoint {run} --out-dir {run}-hf` and pass that directory, or resume the run (the same torchrun "
+        "command) to finish it"
     )
 
 

@@ -54,6 +54,18 @@ def _merge_extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True, help="where the merged model goes")
 
 
+def _convert_fsdp(args: argparse.Namespace) -> None:
+    from mamba_nb.fsdp import convert_shards
+
+    out = convert_shards(args.checkpoint, args.out_dir)
+    print(f"wrote the weights of {args.checkpoint!r} as a plain HF model in {str(out)!r}")
+
+
+def _convert_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="an FSDP run (its directory or latest/)")
+    p.add_argument("--out-dir", required=True, help="a new directory for the plain HF model")
+
+
 def _course(args: argparse.Namespace) -> None:
     from mamba_nb.course import run_course
 
@@ -73,6 +85,7 @@ COMMANDS: dict[str, tuple[str, Optional[type], Optional[Callable], Callable]] = 
     "evaluate": ("measure a checkpoint's infilling", C.EvalConfig, None, _evaluate),
     "course": ("the whole course headless on the default corpus", None, None, _course),
     "merge-lora": ("write a LoRA run merged into its base as a plain HF model", None, _merge_extra, _merge_lora),
+    "convert-fsdp": ("write an FSDP run's sharded weights as a plain HF model", None, _convert_extra, _convert_fsdp),
 }
 
 

@@ -235,6 +235,9 @@ class TrainConfig(WindowConfig, ModelConfig):
     # LoRA (needs `peft` and a --pretrained model): adapters of this rank, 0 for a full fine-tune
     lora_rank: int = 0
     lora_targets: list[str] = field(default_factory=lambda: ["in_proj"])  # see lora.py for why in_proj
+    # under torchrun: shard the weights, gradients and optimizer state over the processes (PyTorch FSDP,
+    # fsdp.py) instead of a whole copy on each (DDP), for fine-tunes whose optimizer state does not fit one device
+    fsdp: bool = False
     eval_every: int = 200
     eval_windows: int = 64
     # held-out single lines whose suffix gain (SPM prompt) each validation logs: when does the model
@@ -246,6 +249,13 @@ class TrainConfig(WindowConfig, ModelConfig):
     resume: bool = True
     log_tensorboard: bool = False
     log_wandb: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.fsdp and self.lora_rank:
+            raise ValueError(f"fsdp=True with lora_rank={self.lora_rank}: LoRA trains small adapters whose optimizer "
+                             "state fits any device, and FSDP here shards full fine-tunes only; drop --fsdp (a LoRA "
+                             "run under torchrun uses DDP), or pass --lora-rank 0 for a full fine-tune")
 
 
 # The prompt layout infilling uses unless told otherwise. Training teaches both (spm_rate);

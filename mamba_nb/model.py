@@ -12,6 +12,8 @@ Because the model *is* the HF class, a checkpoint saved here loads anywhere
   with the selective-scan path installed (`mamba_nb.scan.apply_scan_path`).
 - `load_checkpoint(dir)`: any directory saved by this project (a run dir, its `latest/`, a
   snapshot) or any HF Mamba directory → `(model, tokenizer)`.
+- `model_from_config(dir)`: the architecture a checkpoint's config.json describes, without its
+  weights (an FSDP checkpoint's weights are in its shards: `fsdp.py`).
 
 Not here: the training loop and the optimizer (`train.py`), checkpoint files beyond
 `save_pretrained` (`checkpoint.py`), the scan implementations themselves (`scan.py`).
@@ -276,7 +278,9 @@ def load_model(path, scan: str = "auto", device=None, trainable: bool = False):
     path installed (what resuming a run and `load_checkpoint` both use). A LoRA checkpoint (an
     adapter) is put on its base: merged into it, or (`trainable`, to resume) as a peft model."""
     from mamba_nb import lora
+    from mamba_nb.checkpoint import check_weights_present
 
+    check_weights_present(path)
     adapter = lora.is_adapter(path)
     model = _load_pretrained(lora.adapter_base(path) if adapter else str(path))
     if adapter:  # the base grows the FIM rows the adapter was trained with (same seed, same rows)
@@ -291,6 +295,20 @@ def load_model(path, scan: str = "auto", device=None, trainable: bool = False):
         if not trainable:
             model = model.merge_and_unload()
     return model, scan_path
+
+
+def model_from_config(path, scan: str = "auto", device=None):
+    """`(model, scan_path)`: the model the config.json in directory `path` describes, freshly
+    initialised (its weights come next, from an FSDP checkpoint's shards: `fsdp.load_shards`,
+    `fsdp.convert_shards`), on `device`, with the selective-scan path installed."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)), dtype=torch.float32)
+    if model.config.model_type not in ARCHS + PEER_ARCHS:
+        raise ValueError(f"{str(path)!r} describes a {model.config.model_type!r} model; this course trains {ARCHS} only")
+    if device is not None:
+        model.to(device)  # first: the scan path ("auto", "kernels") depends on the device
+    return model, _install_scan(model, scan)
 
 
 def load_checkpoint(path, scan: str = "auto", device: Optional[str] = None):

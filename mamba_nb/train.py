@@ -3,7 +3,8 @@
 What one run does, in order:
 1. joins a `torchrun` group when WORLD_SIZE > 1 (`runtime.py`), and locks its run directory;
 2. opens the Lance dataset, then resumes from `<out_dir>/latest/` or builds the model
-   (`model.build_model`, which says which selective scan runs);
+   (`model.build_model`, which says which selective scan runs); under torchrun, wraps it in DDP
+   or, with `fsdp`, shards it (`fsdp.py`);
 3. steps: AdamW and a warmup + cosine schedule (`schedule.py`), gradient accumulation and
    clipping, bf16 autocast on CUDA with fp32 weights, the loss of `losses.py`;
 4. every `eval_every` steps and at the end: the validation losses (`losses.validation_losses`),
@@ -15,7 +16,8 @@ position, the RNG states, the step and the tokens seen, so a run stopped at step
 resumed gives bit for bit the losses of a run that never stopped (on CPU).
 
 Not here: windows and FIM (`windows.py`), the model (`model.py`), the files of a run
-(`checkpoint.py`), the schedule (`schedule.py`), the losses (`losses.py`).
+(`checkpoint.py`), sharding and the shards (`fsdp.py`), the schedule (`schedule.py`), the
+losses (`losses.py`).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from mamba_nb.windows import DataStream
 # the same run (another model, other windows, another order of data).
 MUST_MATCH = ("arch", "preset", "pretrained", "hidden_size", "num_hidden_layers", "state_size", "context_len",
               "fim_rate", "spm_rate", "fim_level", "fim_region_lines", "line_hole_rate", "seed", "batch_size",
-              "grad_accum", "lora_rank", "lora_targets")
+              "grad_accum", "lora_rank", "lora_targets", "fsdp")
 
 
 def dataset_fingerprint(ds) -> dict:
@@ -95,7 +97,8 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
     `on_step(record, model, batch)` runs after every optimizer step (`batch`: its last
     micro-batch), `on_eval(record, model)` after every validation; `record` is the dict
     written to metrics.jsonl. Both run on every rank of a DDP run (all ranks hold the same
-    record). The notebook redraws its loss plot from them.
+    record). Under FSDP `model` holds this rank's shards: a forward pass in a hook must run on
+    every rank. The notebook redraws its loss plot from them.
     """
     # 0 means no time limit (a flag cannot say None): `--max-steps 5000 --time-budget-s 0`
     budget_s = cfg.time_budget_s if cfg.time_budget_s else None
@@ -107,6 +110,10 @@ def train(cfg: TrainConfig, on_step: Optional[Callable] = None, on_eval: Optiona
     want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     d = init_distributed("cuda" if want_cuda else "cpu")
     try:
+        if cfg.fsdp and not d.on:
+            raise TrainingError("--fsdp shards the model over the processes of a torchrun group, and this is one "
+                                "process (WORLD_SIZE is unset or 1): launch it with `torchrun --nproc-per-node N -m "
+                                "mamba_nb train ... --fsdp` (N >= 2), or drop --fsdp")
         # one trainer per run directory (rank 0 writes it; the other ranks follow rank 0)
         with ckpt.RunLock(out) if d.main else contextlib.nullcontext():
             return Trainer(cfg, d, budget_s, on_step, on_eval).run()
@@ -133,24 +140,39 @@ class Trainer:
         self.tokenizer = self.ds.tokenizer
         self.gain_holes = self._gain_holes()
         self.resumed = self._build_or_resume()
-        self.net = self.model
-        if d.on:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.tokens_per_step = cfg.batch_size * cfg.context_len * cfg.grad_accum * d.world_size
         self.last_saved = self.state.step if self.resumed else None
 
     def _build_or_resume(self) -> bool:
-        """Set the model, optimizer, run state and data stream; True when resuming a checkpoint."""
-        resumed = self._load_or_build()
+        """Set the model (and `net`, what the step calls), optimizer, run state and data stream; True
+        when resuming a checkpoint."""
+        saved = self._load_or_build()
         if self.cfg.gradient_checkpointing:
             # non-reentrant: the recomputation sees the same autograd graph (our scan's Function included)
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return resumed
+        self.net = self._parallel()
+        # after sharding: FSDP replaces the parameters with their shards
+        self.optimizer = make_optimizer(self.model, self.cfg, self.device)
+        if saved is not None:
+            self._restore(saved)
+        return saved is not None
 
-    def _load_or_build(self) -> bool:
-        from mamba_nb.model import SCAN_NAMES, build_model, load_model
+    def _parallel(self):
+        """The model as the step calls it: itself, wrapped in DDP, or sharded in place (FSDP)."""
+        if self.cfg.fsdp:
+            from mamba_nb.fsdp import shard_model
+
+            return shard_model(self.model, self.device)
+        if not self.d.on:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _load_or_build(self) -> Optional[dict]:
+        """Set the model, run state and data stream; → the checkpoint's training state when resuming
+        (with "from": its directory), None for a new run."""
+        from mamba_nb.model import SCAN_NAMES, build_model, load_model, model_from_config
 
         cfg, d = self.cfg, self.d
         resume_from = ckpt.find_resumable(self.out) if cfg.resume else None
@@ -164,15 +186,27 @@ class Trainer:
         if resume_from is None:
             seed_everything(cfg.seed)  # same initial weights on every rank, and run to run
             self.model, _ = build_model(cfg, self.tokenizer, device=self.device, verbose=d.main)
-            self.optimizer = make_optimizer(self.model, cfg, self.device)
-            return False
+            return None
         saved = ckpt.load_training_state(resume_from)
         _check_resumable(saved, cfg, self.ds, d, resume_from)
-        self.model, scan_path = load_model(resume_from, cfg.scan, self.device, trainable=True)
+        if cfg.fsdp:  # the weights are in the shards, read once the model is sharded (`_restore`)
+            self.model, scan_path = model_from_config(resume_from, cfg.scan, self.device)
+        else:
+            self.model, scan_path = load_model(resume_from, cfg.scan, self.device, trainable=True)
         self.say(f"resuming {str(resume_from)!r} at step {saved['step']} ({saved['tokens_seen']:,} tokens seen); "
                  f"selective scan: {SCAN_NAMES.get(scan_path, scan_path)}")
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        return {**saved, "from": resume_from}
+
+    def _restore(self, saved: dict) -> None:
+        """Go on where the checkpoint left off: its optimizer state (and an FSDP run's weights), step,
+        schedule, data position and RNG states."""
+        cfg, d = self.cfg, self.d
+        if cfg.fsdp:
+            from mamba_nb.fsdp import load_shards
+
+            load_shards(self.model, self.optimizer, saved["from"] / ckpt.SHARDS)
+        else:
+            self.optimizer.load_state_dict(saved["optimizer"])
         s = self.state
         s.step, s.tokens_seen, s.elapsed_s = saved["step"], saved["tokens_seen"], saved["elapsed_s"]
         s.total_steps = cfg.max_steps if cfg.max_steps is not None else saved["total_steps"]
@@ -181,7 +215,6 @@ class Trainer:
             s.total_steps = estimate_total_steps(self.budget_s, s.step, s.elapsed_s, s.elapsed_s / s.step)
         self.stream = DataStream(self.ds, cfg, d, **saved["data"])
         set_rng_state(saved["rng"])
-        return True
 
     # --- the run ------------------------------------------------------------------------
 
@@ -226,7 +259,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         decayed = sum(p.numel() for p in self.optimizer.param_groups[0]["params"])
         total = self.state.total_steps
-        self.say(f"training on {self.device} x {self.d.world_size}: {n_params / 1e6:.2f}M parameters "
+        how = " (FSDP)" if self.cfg.fsdp else ""
+        self.say(f"training on {self.device} x {self.d.world_size}{how}: {n_params / 1e6:.2f}M parameters "
                  f"({decayed / 1e6:.2f}M with weight decay), {self.tokens_per_step:,} tokens per step, "
                  + (f"{total} steps" if total else f"time budget {self.budget_s:.0f} s"))
 
@@ -269,8 +303,12 @@ class Trainer:
                 f"is {str(good) + ' (step ' + str(self.last_saved) + ')' if good else 'none (nothing saved yet)'}. "
                 f"Lower --lr (now {cfg.lr}) or --grad-clip (now {cfg.grad_clip}), then resume or rerun"
             )
+        grad_norm = {}
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            # FSDP: each rank holds shards of the gradients (DTensors); the norm is over all of them
+            # (a DTensor replicated on every rank), so every shard is scaled alike
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            grad_norm["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         s.step += 1
@@ -281,7 +319,7 @@ class Trainer:
         s.elapsed_s += step_s
         record = {"kind": "train", "step": s.step, "tokens_seen": s.tokens_seen, "loss": mean_loss, "lr": lr,
                   "tokens_per_s": self.tokens_per_step / step_s, "step_s": step_s, "data_wait_s": wait_s,
-                  "elapsed_s": s.elapsed_s}
+                  "elapsed_s": s.elapsed_s, **grad_norm}
         self.log.log(record)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
@@ -292,8 +330,11 @@ class Trainer:
         device = self.device
         x = batch["input_ids"].to(device, non_blocking=True)
         y = batch["targets"].to(device, non_blocking=True)
-        # DDP: all-reduce the gradients once per optimizer step, not per micro-batch
-        sync = self.net.no_sync() if self.d.on and not last else contextlib.nullcontext()
+        # DDP and FSDP: reduce the gradients over the ranks once per optimizer step, not per micro-batch
+        # (FSDP then holds whole gradients between micro-batches: fewer messages, more memory)
+        if self.cfg.fsdp:
+            self.net.set_requires_gradient_sync(last)
+        sync = self.net.no_sync() if self.d.on and not self.cfg.fsdp and not last else contextlib.nullcontext()
         with sync:
             with autocast(device):
                 logits = self.net(input_ids=x, use_cache=False).logits  # (B, L, V)
@@ -329,7 +370,7 @@ class Trainer:
                     "dataset: rebuild it with --overwrite), then run the same command again to resume"
                 ) from err
         if s.step % cfg.save_every == 0 or last or stopping:
-            self._save()
+            self._save(final=last or stopping)
             self.last_saved = s.step
         if stopping:
             why = stop.reason or f"time budget of {self.budget_s:.0f} s used"
@@ -338,10 +379,12 @@ class Trainer:
         return stopping
 
     def _gain_holes(self) -> list:
-        """The fixed held-out lines each validation measures the suffix gain on (main process only)."""
+        """The fixed held-out lines each validation measures the suffix gain on (the main process only,
+        but every process of an FSDP run)."""
         from mamba_nb.holes import line_tasks
 
-        if not (self.d.main and self.cfg.gain_holes):
+        # FSDP: every rank runs the same forward passes, whose gathers of the weights are collective
+        if not ((self.d.main or self.cfg.fsdp) and self.cfg.gain_holes):
             return []
         return line_tasks(self.ds.documents("validation"), self.cfg.gain_holes, seed=0, tokenizer=self.tokenizer)
 
@@ -354,8 +397,9 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            g = suffix_gain(self.model, self.tokenizer, self.gain_holes, modes=("spm",), context_len=self.cfg.context_len,
-                            near_lines=near_lines_for(self.cfg.fim_region_lines))
+            with self._whole_root():
+                g = suffix_gain(self.model, self.tokenizer, self.gain_holes, modes=("spm",),
+                                context_len=self.cfg.context_len, near_lines=near_lines_for(self.cfg.fim_region_lines))
         finally:
             self.model.train(was_training)
         return {"val_suffix_gain": g["spm"]["gain"], "val_suffix_gain_interval": g["spm"]["interval"]}
@@ -366,23 +410,51 @@ class Trainer:
         losses.update(self._suffix_gain())
         record = {"kind": "eval", "step": s.step, "tokens_seen": s.tokens_seen, **losses}
         self.log.log(record)
+        weights = self._full_weights()
         if self.d.main:
             gain = f", suffix gain {losses['val_suffix_gain']:+.3f}" if "val_suffix_gain" in losses else ""
             self.say(f"step {s.step}: val_loss {losses['val_loss']:.4f}, val_fim_loss {losses['val_fim_loss']:.4f}{gain}")
-            ckpt.save_snapshot(self.out, self.model, self.tokenizer, {**record, "elapsed_s": s.elapsed_s})
+            info = {**record, "elapsed_s": s.elapsed_s}
+            ckpt.save_snapshot(self.out, self.model, self.tokenizer, info, weights)
             self.log.plot(self.out)
         if self.on_eval is not None:
             self.on_eval(record, self.model)
 
+    def _whole_root(self):
+        if not self.cfg.fsdp:
+            return contextlib.nullcontext()
+        from mamba_nb.fsdp import whole_root
+
+        return whole_root(self.model)
+
+    def _full_weights(self) -> Optional[dict]:
+        """FSDP: the whole weights, gathered on rank 0 (every rank takes part); None otherwise."""
+        if not self.cfg.fsdp:
+            return None
+        from mamba_nb.fsdp import full_weights
+
+        return full_weights(self.model)
+
     def _training_state(self) -> dict:
         s = self.state
+        # FSDP: the optimizer state is in the shards, each rank's part in its own file
+        optimizer = {} if self.cfg.fsdp else {"optimizer": self.optimizer.state_dict()}
         return {"step": s.step, "tokens_seen": s.tokens_seen, "elapsed_s": s.elapsed_s, "total_steps": s.total_steps,
-                "optimizer": self.optimizer.state_dict(), "data": self.stream.state_dict(), "rng": rng_state(),
+                **optimizer, "data": self.stream.state_dict(), "rng": rng_state(),
                 "config": to_dict(self.cfg), "dataset": dataset_fingerprint(self.ds),
                 "world_size": self.d.world_size}
 
-    def _save(self) -> None:
-        if self.d.main:
+    def _save(self, final: bool = False) -> None:
+        """Write `latest/`. An FSDP run's ranks write their shards; its `final` save (the run ends)
+        also writes the whole weights, so `latest/` loads anywhere like a DDP run's."""
+        if self.cfg.fsdp:
+            from mamba_nb.fsdp import save_shards
+
+            weights = self._full_weights() if final else None
+            state = self._training_state() if self.d.main else None
+            ckpt.save_sharded_checkpoint(self.out, self.d.main, lambda to: save_shards(self.model, self.optimizer, to),
+                                         self.model, self.tokenizer, state, to_dict(self.cfg), weights)
+        elif self.d.main:
             ckpt.save_checkpoint(self.out, self.model, self.tokenizer, self._training_state(), to_dict(self.cfg))
         if self.d.on:
             torch.distributed.barrier()
