@@ -167,7 +167,7 @@ def _code_holes(cfg, tokenizer, dataset) -> list[Hole]:
     else:
         from mamba_nb.dataset import TokenDataset, open_dataset
 
-        ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset or cfg.dataset)
+        ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset or cfg.dataset, cfg.storage_options, cfg.dataset_cache)
         docs, split = list(ds.documents("validation")), "validation"
     n = cfg.num_line_tasks
     return (line_tasks(docs, n - n // 2, cfg.seed, tokenizer, cfg.max_line_tokens, split=split)

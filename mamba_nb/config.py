@@ -167,8 +167,11 @@ class DataConfig(Checked):
     vocab_size: int = 8192
     validation_fraction: float = 0.05
     seed: int = 0
-    out_dir: str = DEFAULT_DATA_DIR
+    out_dir: str = DEFAULT_DATA_DIR  # a directory, or an object-store URI (s3://bucket/prefix, gs://, az://)
     overwrite: bool = False
+    # Lance storage options for a remote out_dir: key=value items or YAML files (store.py); secrets
+    # are better left in the environment (AWS_SECRET_ACCESS_KEY, ...), which is read too
+    storage_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -217,7 +220,11 @@ class TrainConfig(WindowConfig, ModelConfig):
     """The training run (notebook 04, `train`). Windows, FIM and model settings are inherited
     so each keeps its single name on the command line."""
 
-    dataset: str = DEFAULT_DATA_DIR
+    dataset: str = DEFAULT_DATA_DIR  # a directory or an object-store URI (s3://...)
+    storage_options: list[str] = field(default_factory=list)  # for a remote dataset (store.py)
+    # where a remote dataset's fragments are copied as reads need them (mirror.py); "none": read
+    # the store directly. None: ~/.cache/mamba_nb/datasets
+    dataset_cache: Optional[str] = None
     out_dir: str = DEFAULT_RUN_DIR
     batch_size: int = 8
     grad_accum: int = 1
@@ -286,6 +293,8 @@ class EvalConfig(Checked):
 
     checkpoint: str = DEFAULT_RUN_DIR
     dataset: str = DEFAULT_DATA_DIR
+    storage_options: list[str] = field(default_factory=list)  # for a remote dataset (store.py)
+    dataset_cache: Optional[str] = None  # as in TrainConfig
     num_line_tasks: int = 200
     num_loss_windows: int = 64
     humaneval: bool = True
@@ -373,8 +382,13 @@ def from_sources(cls: type, args: Optional[argparse.Namespace] = None, **overrid
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A config as plain data, for metadata, checkpoints and YAML."""
-    return dataclasses.asdict(config)
+    """A config as plain data, for metadata, checkpoints and YAML; secret storage options hidden."""
+    from mamba_nb.store import redact
+
+    data = dataclasses.asdict(config)
+    if "storage_options" in data:
+        data["storage_options"] = redact(data["storage_options"])
+    return data
 
 
 # --- the course's defaults, full and smoke ------------------------------------

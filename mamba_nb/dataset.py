@@ -1,6 +1,6 @@
 """Build and open the Lance token dataset: corpus → tokenizer → one token array per split.
 
-On disk (`out_dir/`):
+On disk (`out_dir/`, a directory or an object-store prefix such as s3://bucket/corpus):
     manifest.json         written last; its presence means the dataset is complete
     tokenizer/            the tokenizer (`save_pretrained`)
     train.lance           column "token" (uint16, or uint32 for vocabularies over 65,536):
@@ -11,9 +11,11 @@ On disk (`out_dir/`):
 `build_dataset(cfg)` streams: documents are read, assigned to a split, tokenized in
 batches and written as they come, so memory stays flat whatever the corpus size. It is
 deterministic (same corpus + seed → same split and tokens), idempotent (a complete dataset
-with the same settings is reused) and atomic (it builds in a hidden sibling directory and
-renames it into place, so an interrupted build never looks complete).
-`open_dataset(path)` opens a built dataset as a `TokenDataset`.
+with the same settings is reused) and atomic: locally it builds in a hidden sibling directory
+and renames it into place; in object storage (no rename there) it writes in place and the
+manifest last, in one PUT. Either way an interrupted build never opens as a dataset.
+`open_dataset(path)` opens a built dataset as a `TokenDataset`; a remote one reads through a
+local copy of its fragments (`mirror.py`).
 
 This module does not cut windows, shuffle, or apply FIM (`sampler.py`, `windows.py`, `fim.py`).
 """
@@ -36,6 +38,8 @@ import pyarrow as pa
 
 from mamba_nb.config import DataConfig, to_dict
 from mamba_nb.corpus import Corpus, Document, corpus_from_config
+from mamba_nb.mirror import Mirror, cache_dir
+from mamba_nb.store import Store, StoreError, resolve_options
 from mamba_nb.tokenizer import EOT, FimTokens, encode_texts, load_hf_tokenizer, token_dtype, train_bpe, vocab_size_of
 
 FORMAT = "mamba-nb-token-dataset"
@@ -51,7 +55,7 @@ TAKE_MAX_ROWS = 1 << 16  # `read` uses `take` up to this many tokens, a scan bey
 QUEUE_DEPTH = 4  # batches in flight between the reader, the tokenizer and each writer
 DOCS_SCHEMA = pa.schema([("start", pa.int64()), ("length", pa.int64()), ("source", pa.string())])
 # Settings that do not change what gets built (so a dataset is reused whatever their value).
-NOT_CONTENT_SETTINGS = ("out_dir", "overwrite")
+NOT_CONTENT_SETTINGS = ("out_dir", "overwrite", "storage_options")
 
 
 class DatasetError(RuntimeError):
@@ -60,6 +64,14 @@ class DatasetError(RuntimeError):
 
 def _build_command(path: Path | str) -> str:
     return f"python -m mamba_nb build-dataset --out-dir {path}"
+
+
+def _store(uri, options=None) -> Store:
+    """The `Store` of a dataset URI; bad storage options or an unknown scheme → DatasetError."""
+    try:
+        return Store(uri, resolve_options(options))
+    except StoreError as err:
+        raise DatasetError(str(err)) from None
 
 
 # --- the split -------------------------------------------------------------------
@@ -103,12 +115,12 @@ class _LanceWriter:
 
     _DONE = object()
 
-    def __init__(self, uri: Path, schema: pa.Schema):
-        self.uri, self.schema = uri, schema
+    def __init__(self, uri: str, schema: pa.Schema, options: Optional[dict] = None):
+        self.uri, self.schema, self.options = uri, schema, options
         self.queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self.error: Optional[BaseException] = None
         self.rows = 0
-        self.thread = threading.Thread(target=self._run, name=f"lance-writer-{uri.name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"lance-writer-{uri.rsplit('/', 1)[-1]}", daemon=True)
         self.thread.start()
 
     def _batches(self) -> Iterator[pa.RecordBatch]:
@@ -122,7 +134,8 @@ class _LanceWriter:
             reader = pa.RecordBatchReader.from_batches(self.schema, self._batches())
             # The default 1,024 rows per group would cut a one-token-per-row array into
             # tiny pages; a larger group keeps the file compact and fast to read.
-            lance.write_dataset(reader, str(self.uri), schema=self.schema, max_rows_per_group=64 * 1024)
+            lance.write_dataset(reader, self.uri, schema=self.schema, max_rows_per_group=64 * 1024,
+                                storage_options=self.options)
         except BaseException as err:  # reported to the building thread by put()/close()
             self.error = err
             while self.queue.get() is not self._DONE:  # drain so the producer never blocks forever
@@ -260,15 +273,15 @@ def train_bpe_on(corpus: Corpus, cfg: DataConfig, progress: bool = False):
     return train_bpe(bar, cfg.vocab_size)
 
 
-def _tokenize_and_write(corpus: Corpus, cfg: DataConfig, tokenizer, dtype: np.dtype, tmp: Path, progress: bool):
+def _tokenize_and_write(corpus: Corpus, cfg: DataConfig, tokenizer, dtype: np.dtype, staging: Store, progress: bool):
     """One streaming pass: read, split, encode in batches, write four Lance datasets. → per-split stats."""
     from tqdm.auto import tqdm
 
     token_schema = pa.schema([("token", pa.from_numpy_dtype(dtype))])
-    writers = {
-        split: (_LanceWriter(tmp / f"{split}.lance", token_schema), _LanceWriter(tmp / f"{split}_docs.lance", DOCS_SCHEMA))
-        for split in SPLITS
-    }
+    opts = staging.lance_options()
+    writers = {split: (_LanceWriter(staging.lance_uri(f"{split}.lance"), token_schema, opts),
+                       _LanceWriter(staging.lance_uri(f"{split}_docs.lance"), DOCS_SCHEMA, opts))
+               for split in SPLITS}
     stats = {split: {"documents": 0, "tokens": 0, "bytes": 0, "characters": 0} for split in SPLITS}
     encode = _Encoder(tokenizer, dtype)
     bar = tqdm(total=_known_length(corpus), desc="tokenizing → Lance", unit="doc", disable=not progress)
@@ -296,53 +309,53 @@ def _tokenize_and_write(corpus: Corpus, cfg: DataConfig, tokenizer, dtype: np.dt
     return stats
 
 
-def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
+def _write_manifest(staging: Store, manifest: dict[str, Any]) -> None:
     import lance
 
     text = json.dumps(manifest, indent=2, sort_keys=True)
     for split in SPLITS:  # the same metadata travels inside the Lance data itself
-        lance.dataset(str(tmp / f"{split}.lance")).update_schema_metadata({SCHEMA_METADATA_KEY.decode(): text})
-    part = tmp / (MANIFEST + ".part")
-    part.write_text(text)
-    os.replace(part, tmp / MANIFEST)
+        table = lance.dataset(staging.lance_uri(f"{split}.lance"), storage_options=staging.lance_options())
+        table.update_schema_metadata({SCHEMA_METADATA_KEY.decode(): text})
+    staging.write_text(MANIFEST, text)  # last: its presence means the dataset is complete
 
 
-def _is_ours(path: Path) -> bool:
+def _is_ours(store: Store) -> bool:
     """A directory this module made, complete or damaged: its manifest names our format, or (the
     manifest lost or cut) it holds our layout, so `--overwrite` can replace it."""
     try:
-        if json.loads((path / MANIFEST).read_text()).get("format") == FORMAT:
+        if json.loads(store.read_text(MANIFEST)).get("format") == FORMAT:
             return True
-    except (OSError, ValueError, AttributeError):
+    except (StoreError, ValueError, AttributeError):
         pass
     ours = {"tokenizer", *(f"{s}.lance" for s in SPLITS), *(f"{s}_docs.lance" for s in SPLITS), MANIFEST}
-    entries = {p.name for p in path.iterdir()}
+    entries = store.entries()
     return len(entries & ours) >= 3 and entries <= ours | {MANIFEST + ".part"}
 
 
-def data_files(path: Path) -> dict[str, int]:
+def _tables() -> list[str]:
+    return [table for split in SPLITS for table in (f"{split}.lance", f"{split}_docs.lance")]
+
+
+def data_files(store: Store | Path) -> dict[str, int]:
     """{relative path: bytes} of every Lance data file of a dataset (the fragments, which a build
     writes once and never changes): the cheap integrity record the manifest keeps."""
-    out = {}
-    for split in SPLITS:
-        for table in (f"{split}.lance", f"{split}_docs.lance"):
-            for f in sorted((path / table / "data").glob("*")):
-                out[f.relative_to(path).as_posix()] = f.stat().st_size
-    return out
+    store = store if isinstance(store, Store) else Store(store)
+    return {f"{table}/data/{name}": size for table in _tables()
+            for name, size in sorted(store.listing(f"{table}/data").items())}
 
 
-def check_data_files(path: Path, meta: dict) -> None:
+def check_data_files(store: Store, meta: dict) -> None:
     """Every data file the build recorded is there with its size, or DatasetError saying which is not."""
     expected = meta.get("files")
     if not expected:  # (built before the record existed)
         return
+    found = data_files(store)
     for rel, size in expected.items():
-        f = path / rel
-        problem = ("is missing" if not f.is_file() else
-                   f"has {f.stat().st_size:,} bytes where the build wrote {size:,}" if f.stat().st_size != size else None)
+        problem = ("is missing" if rel not in found else
+                   f"has {found[rel]:,} bytes where the build wrote {size:,}" if found[rel] != size else None)
         if problem:
-            raise DatasetError(f"the dataset at {str(path)!r} is damaged: {rel} {problem}; rebuild it with "
-                               f"`{_build_command(path)} --overwrite`")
+            raise DatasetError(f"the dataset at {store.uri!r} is damaged: {rel} {problem}; rebuild it with "
+                               f"`{_build_command(store.uri)} --overwrite`")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -363,26 +376,29 @@ def _remove_stale_builds(out: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _reuse(out: Path, cfg: DataConfig, corpus: Optional[Corpus]) -> Optional["TokenDataset"]:
+def _reuse(out: Store, cfg: DataConfig, corpus: Optional[Corpus]) -> Optional["TokenDataset"]:
     """The dataset already at `out` when it can be reused; None when there is nothing there (or
-    `cfg.overwrite`). A directory that is not ours, damaged, or built with other settings raises."""
+    `cfg.overwrite`). A directory that is not ours, damaged, or built with other settings raises.
+    (A remote prefix holding our layout without a manifest is a build that did not finish: it is
+    replaced, as a local build's hidden leftovers are.)"""
     if not out.exists():
         return None
-    if not out.is_dir() or (any(out.iterdir()) and not _is_ours(out)):
+    empty = not out.entries()
+    if (not out.remote and not out.is_dir()) or (not empty and not _is_ours(out)):
         raise DatasetError(
-            f"{str(out)!r} exists and is not a mamba-nb dataset (no {MANIFEST} of ours); refusing to "
+            f"{out.uri!r} exists and is not a mamba-nb dataset (no {MANIFEST} of ours); refusing to "
             "overwrite it: pass another --out-dir, or delete it yourself if it is yours to delete"
         )
-    if cfg.overwrite or not any(out.iterdir()):
+    if cfg.overwrite or empty or (out.remote and not out.is_file(MANIFEST)):
         return None
-    ds = open_dataset(out)  # raises DatasetError (with the --overwrite hint) if damaged
+    ds = open_dataset(out.uri, out.options)  # raises DatasetError (with the --overwrite hint) if damaged
     # a setting the dataset predates was at its default then
     old = _content_settings({**to_dict(DataConfig()), **ds.meta["settings"]})
     asked = _content_settings(to_dict(cfg))
     if corpus is None and old != asked:
         diff = {k: (old.get(k), v) for k, v in asked.items() if old.get(k) != v}
         raise DatasetError(
-            f"the dataset at {str(out)!r} was built with other settings ({{name: (built, asked)}}: {diff}); "
+            f"the dataset at {out.uri!r} was built with other settings ({{name: (built, asked)}}: {diff}); "
             f"pass --overwrite to rebuild it, or another --out-dir"
         )
     return ds
@@ -428,27 +444,24 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
     dataset of ours is never deleted. The build happens in a hidden sibling directory that
     is renamed into place once its manifest is written.
     """
-    out = Path(cfg.out_dir).expanduser().absolute()
+    out = _store(cfg.out_dir, cfg.storage_options)
     ds = _reuse(out, cfg, corpus)
     if ds is not None:
         return ds
     if cfg.tokenizer is None and cfg.vocab_size is not None:
         token_dtype(cfg.vocab_size)  # fail before reading anything
     corpus = corpus if corpus is not None else corpus_from_config(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(out)
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    tmp.mkdir()
+    staging = _staging(out)
     started = time.time()
     try:
         tokenizer, tokenizer_info = _tokenizer_for(corpus, cfg, progress)
         fim = FimTokens.from_tokenizer(tokenizer)
         dtype = token_dtype(vocab_size_of(tokenizer))
-        tokenizer.save_pretrained(tmp / "tokenizer")
+        _save_tokenizer(tokenizer, staging)
         tokenize_started = time.time()
-        stats = _tokenize_and_write(corpus, cfg, tokenizer, dtype, tmp, progress)
+        stats = _tokenize_and_write(corpus, cfg, tokenizer, dtype, staging, progress)
         _check_splits(stats, corpus, cfg)
-        _write_manifest(tmp, {
+        _write_manifest(staging, {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -459,16 +472,52 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
             "fim_tokens": {"eot": fim.eot, "prefix": fim.prefix, "middle": fim.middle, "suffix": fim.suffix, "pad": fim.pad},
             "splits": stats,
             "skipped": corpus.skipped.to_dict(),
-            "files": data_files(tmp),
+            "files": data_files(staging),
             "settings": to_dict(cfg),
             "build_seconds": {"tokenizer": round(tokenize_started - started, 3),
                               "tokenize_and_write": round(time.time() - tokenize_started, 3)},
         })
-        _move_into_place(tmp, out, replace=cfg.overwrite)
+        if not out.remote:
+            _move_into_place(Path(staging.uri), Path(out.uri), replace=cfg.overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(staging)
         raise
-    return open_dataset(out)
+    return open_dataset(out.uri, out.options)
+
+
+def _staging(out: Store) -> Store:
+    """Where a build writes: locally a hidden sibling renamed into place at the end; in object
+    storage the prefix itself, emptied first (manifest first, so it stops opening at once)."""
+    if out.remote:
+        if out.is_file(MANIFEST):
+            out.delete(MANIFEST)
+        out.delete()
+        return out
+    path = Path(out.uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(path)
+    tmp = path.parent / f".{path.name}.building-{os.getpid()}"
+    tmp.mkdir()
+    return Store(tmp)
+
+
+def _discard(staging: Store) -> None:
+    """Remove a failed build's files (best effort: without a manifest they never open anyway)."""
+    try:
+        staging.delete()
+    except (StoreError, OSError):
+        pass
+
+
+def _save_tokenizer(tokenizer, staging: Store) -> None:
+    if not staging.remote:
+        tokenizer.save_pretrained(Path(staging.uri) / "tokenizer")
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        staging.upload(Path(tmp), "tokenizer")
 
 
 def _move_into_place(tmp: Path, out: Path, replace: bool) -> None:
@@ -490,49 +539,66 @@ def _move_into_place(tmp: Path, out: Path, replace: bool) -> None:
 # --- opening ---------------------------------------------------------------------------
 
 
-def open_dataset(path: str | Path) -> "TokenDataset":
-    """Open a dataset `build_dataset` made. Missing, incomplete or damaged → `DatasetError`."""
-    path = Path(path).expanduser().absolute()
-    build = _build_command(path)
-    if not path.is_dir():
-        raise DatasetError(f"no dataset at {str(path)!r}; build it with `{build}`")
-    manifest = path / MANIFEST
-    if not manifest.is_file():
+def open_dataset(path: str | Path, storage_options=None, dataset_cache: Optional[str] = None) -> "TokenDataset":
+    """Open a dataset `build_dataset` made. Missing, incomplete or damaged → `DatasetError`.
+
+    `path`: a directory or an object-store URI; `storage_options`: key=value items, YAML files or a
+    dict (store.py); `dataset_cache`: where a remote dataset's fragments are copied (mirror.py).
+    """
+    store = _store(path, storage_options)
+    try:
+        meta = _read_manifest(store)
+        check_data_files(store, meta)
+    except StoreError as err:
+        raise DatasetError(str(err)) from None
+    return TokenDataset(store, meta, dataset_cache)
+
+
+def _read_manifest(store: Store) -> dict:
+    path, build = store.uri, _build_command(store.uri)
+    manifest = f"{path}/{MANIFEST}"
+    if not store.is_dir():
+        raise DatasetError(f"no dataset at {path!r}; build it with `{build}`")
+    if not store.is_file(MANIFEST):
         raise DatasetError(
-            f"{str(path)!r} is not a complete dataset (no {MANIFEST}: the build did not finish, or it is "
+            f"{path!r} is not a complete dataset (no {MANIFEST}: the build did not finish, or it is "
             f"another directory); rebuild it with `{build} --overwrite`"
         )
     try:
-        meta = json.loads(manifest.read_text())
+        meta = json.loads(store.read_text(MANIFEST))
     except ValueError as err:
-        raise DatasetError(f"{str(manifest)!r} is not valid JSON ({err}); rebuild with `{build} --overwrite`") from err
+        raise DatasetError(f"{manifest!r} is not valid JSON ({err}); rebuild with `{build} --overwrite`") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DatasetError(f"{str(manifest)!r} is not a mamba-nb dataset manifest; rebuild with `{build} --overwrite`")
+        raise DatasetError(f"{manifest!r} is not a mamba-nb dataset manifest; rebuild with `{build} --overwrite`")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DatasetError(
-            f"the dataset at {str(path)!r} has format version {meta.get('format_version')}, this code reads "
+            f"the dataset at {path!r} has format version {meta.get('format_version')}, this code reads "
             f"{FORMAT_VERSION}; rebuild with `{build} --overwrite`"
         )
     needed = ["tokenizer", *(f"{s}.lance" for s in SPLITS), *(f"{s}_docs.lance" for s in SPLITS)]
-    missing = [n for n in needed if not (path / n).is_dir()]
+    entries = store.entries()
+    missing = [n for n in needed if n not in entries]
     if missing:
-        raise DatasetError(f"the dataset at {str(path)!r} lacks {missing}; rebuild with `{build} --overwrite`")
-    check_data_files(path, meta)
-    return TokenDataset(path, meta)
+        raise DatasetError(f"the dataset at {path!r} lacks {missing}; rebuild with `{build} --overwrite`")
+    return meta
 
 
 class TokenDataset:
     """A built dataset: its manifest (`meta`), tokenizer, and the token arrays of both splits.
 
     Lance handles are opened lazily and per process (Lance is not fork-safe), and a
-    `TokenDataset` pickles as just its path, so DataLoader workers reopen it themselves.
+    `TokenDataset` pickles as just its location, so DataLoader workers reopen it themselves.
+    A remote dataset's tables are read through a local copy that fills as reads need it
+    (`mirror.py`; `dataset_cache="none"` reads the store directly), its tokenizer from that cache.
     """
 
     splits = SPLITS
 
-    def __init__(self, path: Path, meta: dict[str, Any]):
-        self.path = Path(path)
+    def __init__(self, store: Store | Path | str, meta: dict[str, Any], dataset_cache: Optional[str] = None):
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.path = self.store.path  # a Path, or the URI of a remote dataset
         self.meta = meta
+        self.dataset_cache = dataset_cache
         self.fim_tokens = FimTokens(**meta["fim_tokens"])
         self.dtype = np.dtype(meta["dtype"])
         self._tokenizer = None
@@ -541,19 +607,40 @@ class TokenDataset:
         self._spans: dict[str, np.ndarray] = {}
 
     def __reduce__(self):
-        return open_dataset, (str(self.path),)
+        return open_dataset, (self.store.uri, self.store.options, self.dataset_cache)
 
     def __repr__(self) -> str:
         n = {s: self.num_tokens(s) for s in SPLITS}
-        return f"TokenDataset({str(self.path)!r}, tokens={n}, vocab_size={self.meta['vocab_size']})"
+        return f"TokenDataset({self.store.uri!r}, tokens={n}, vocab_size={self.meta['vocab_size']})"
+
+    def _cache(self) -> Optional[Path]:
+        """This dataset's local copy (remote datasets only; None: read the store directly)."""
+        root = cache_dir(self.dataset_cache) if self.store.remote else None
+        if root is None:
+            return None
+        files = json.dumps(self.meta.get("files", {}), sort_keys=True)
+        return root / hashlib.sha256(f"{self.store.uri}\n{files}".encode()).hexdigest()[:16]
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.path / "tokenizer")
+            if self.store.remote:
+                import tempfile
+
+                local = self._cache() or Path(tempfile.mkdtemp(prefix="mamba-nb-tokenizer-"))
+                path = self._remote_call(self.store.download, "tokenizer", local / "tokenizer")
+            else:
+                path = self.path / "tokenizer"
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
         return self._tokenizer
+
+    def _remote_call(self, fn, *args):
+        try:
+            return fn(*args)
+        except StoreError as err:
+            raise DatasetError(str(err)) from None
 
     def _check_split(self, split: str) -> None:
         if split not in SPLITS:
@@ -565,14 +652,30 @@ class TokenDataset:
         if self._handles_pid != os.getpid():  # a forked child must not reuse the parent's handles
             self._handles, self._handles_pid = {}, os.getpid()
         if name not in self._handles:
+            table, cache = f"{name}.lance", self._cache()
             try:
-                self._handles[name] = lance.dataset(str(self.path / f"{name}.lance"))
-            except (OSError, ValueError) as err:
+                if cache is not None:
+                    prefix = f"{table}/data/"
+                    sizes = {k[len(prefix):]: v for k, v in self.meta.get("files", {}).items() if k.startswith(prefix)}
+                    self._handles[name] = Mirror(self.store, table, cache, sizes)
+                else:
+                    self._handles[name] = lance.dataset(self.store.lance_uri(table),
+                                                        storage_options=self.store.lance_options())
+            except (OSError, ValueError, StoreError) as err:
                 raise DatasetError(
-                    f"cannot open {name}.lance of {str(self.path)!r} ({err}); rebuild with "
-                    f"`{_build_command(self.path)} --overwrite`"
+                    f"cannot open {table} of {self.store.uri!r} ({err}); check that it is reachable, or rebuild with "
+                    f"`{_build_command(self.store.uri)} --overwrite`"
                 ) from err
         return self._handles[name]
+
+    def take(self, split: str, rows: np.ndarray) -> np.ndarray:
+        """The tokens at row offsets `rows` of `split` (ascending reads fastest), one Lance take.
+        A store that fails mid-read (after Lance's own retries) → DatasetError naming it."""
+        try:
+            return self.tokens(split).take(rows, columns=["token"]).column("token").to_numpy()
+        except (OSError, RuntimeError, StoreError) as err:
+            raise DatasetError(f"reading {split} tokens of {self.store.uri!r} failed ({err}); "
+                               "check that the store is reachable, then run again (a run resumes)") from err
 
     def tokens(self, split: str):
         """The split's token array as a `lance.LanceDataset` (column "token", one token per row)."""
@@ -594,12 +697,10 @@ class TokenDataset:
             raise IndexError(f"tokens [{start}, {start + length}) are outside {split}'s {n} tokens")
         if length == 0:
             return np.empty(0, dtype=self.dtype)
-        tokens = self.tokens(split)
         if length <= TAKE_MAX_ROWS:  # a window: row lookups beat a scan
-            table = tokens.take(np.arange(start, start + length), columns=["token"])
-        else:  # a long stretch: a scan with offset/limit is ~50x faster than 1M row lookups
-            table = tokens.to_table(columns=["token"], offset=start, limit=length)
-        return table.column("token").to_numpy()
+            return self.take(split, np.arange(start, start + length))
+        # a long stretch: a scan with offset/limit is ~50x faster than 1M row lookups
+        return self.tokens(split).to_table(columns=["token"], offset=start, limit=length).column("token").to_numpy()
 
     def doc_spans(self, split: str) -> np.ndarray:
         """(n, 2) int64: each document's [start, length] in the token array (length includes its EOT)."""
@@ -656,7 +757,7 @@ class TokenDataset:
             f"{sk['not_utf8']} not UTF-8, {sk['empty']} empty, {too_large} too large"
             + (f" (e.g. {', '.join(sk['examples'][:3])})" if sk["examples"] else "")
         )
-        lines.append(f"  open it:   mamba_nb.dataset.open_dataset({str(self.path)!r})")
+        lines.append(f"  open it:   mamba_nb.dataset.open_dataset({self.store.uri!r})")
         return "\n".join(lines)
 
 

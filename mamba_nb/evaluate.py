@@ -84,7 +84,7 @@ def evaluate(checkpoint, dataset, cfg: Optional[EvalConfig] = None, progress: bo
 
         directory = resolve_checkpoint_dir(checkpoint)
         model, tokenizer = load_checkpoint(directory)
-    ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset)
+    ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset, cfg.storage_options, cfg.dataset_cache)
     wrong = tokens_that_differ(ds.tokenizer, tokenizer)
     if wrong:  # its windows' ids would mean other tokens to the model: every loss and hole meaningless
         raise ValueError(f"{str(ds.path)!r} was tokenized with another tokenizer than the checkpoint's "
@@ -213,7 +213,7 @@ def snapshot_gains(run_dir, dataset, cfg: Optional[EvalConfig] = None, max_snaps
     from mamba_nb.suffix_gain import suffix_gain
 
     cfg = cfg or EvalConfig()
-    ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset)
+    ds = dataset if isinstance(dataset, TokenDataset) else open_dataset(dataset, cfg.storage_options, cfg.dataset_cache)
     points, tasks = [], None
     for snap in _snapshots(run_dir, max_snapshots):
         model, tokenizer = load_checkpoint(snap["path"])
@@ -302,16 +302,21 @@ def evaluate_cli(cfg: EvalConfig) -> dict:
     from mamba_nb.model import load_checkpoint
 
     directory = resolve_checkpoint_dir(cfg.checkpoint)
+    dataset = cfg.dataset
+    if not cfg.benchmark or (cfg.benchmark == "lines" and not cfg.tasks_from):  # the runs that read it
+        from mamba_nb.dataset import open_dataset
+
+        dataset = open_dataset(cfg.dataset, cfg.storage_options, cfg.dataset_cache)
     if cfg.benchmark:
         from mamba_nb.benchmark import format_results, run_benchmark
 
         out = _out_file(cfg, directory, f"{cfg.benchmark}.json")
         model, tokenizer = load_checkpoint(directory)
-        report = run_benchmark(model, tokenizer, cfg, checkpoint=str(directory), dataset=cfg.dataset)
+        report = run_benchmark(model, tokenizer, cfg, checkpoint=str(directory), dataset=dataset)
         table = format_results([report])
     else:
         out = _out_file(cfg, directory, "eval.json")
-        report = evaluate(directory, cfg.dataset, cfg)
+        report = evaluate(directory, dataset, cfg)
         table = format_table(report)
     out.write_text(json.dumps(report, indent=2))
     print(table)

@@ -135,7 +135,7 @@ class Trainer:
         self.device = pick_device(cfg.device, d)
         self.out = Path(cfg.out_dir)
         self.say = tqdm.write if d.main else (lambda *a, **k: None)
-        self.ds = open_dataset(cfg.dataset)
+        self.ds = open_dataset(cfg.dataset, cfg.storage_options, cfg.dataset_cache)
         _check_fits(self.ds, cfg, d)
         self.tokenizer = self.ds.tokenizer
         self.gain_holes = self._gain_holes()

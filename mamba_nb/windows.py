@@ -88,7 +88,7 @@ class WindowDataset(torch.utils.data.Dataset):
         rows = (starts[:, None] + self._offsets).ravel()  # (B * (L + 1),)
         # Lance reads ascending row ids faster (pages visited once, in order): sort, take, unsort.
         order = np.argsort(rows, kind="stable")
-        values = self.ds.tokens(self.split).take(rows[order], columns=["token"]).column("token").to_numpy()
+        values = self.ds.take(self.split, rows[order])
         out = np.empty(len(rows), dtype=np.int64)
         out[order] = values
         return out.reshape(len(starts), -1)

@@ -18,6 +18,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# Hypothesis's per-example deadline is a timing assertion: on a busy 2-core machine one slow
+# example fails a correct test. The example counts still bound each test's time.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("mamba_nb", deadline=None)
+settings.load_profile("mamba_nb")
+
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # Small, ordinary modules that every CPython 3.11+ ships (real code, not test data).
 TINY_CORPUS_FILES = [
