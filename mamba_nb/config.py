@@ -187,6 +187,10 @@ class WindowConfig(Checked):
     fim_region_lines: int = 0
     line_hole_rate: float = 0.0  # share of FIM middles shaped like real holes: whole lines, a line's end
     seed: int = 0
+    # read each document of a window on its own: Mamba's state and convolution (the Llama peer's
+    # attention) start afresh after each <|endoftext|> between files, not the ones closing FIM middles
+    # (doc_reset.py). Training and its validation losses both follow it. Not for Mamba-2.
+    reset_at_documents: bool = False
 
 
     def __post_init__(self):

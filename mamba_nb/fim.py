@@ -32,6 +32,13 @@ end are `<fim_pad>`, whose targets the loss ignores. So `undo_fim` gives back
 each piece's text exactly, except a piece whose suffix was cut, of which it gives
 back a prefix (see `undo_fim`).
 
+Document starts. `FimResult.doc_starts` marks, per output position, the first token of each
+document of the window (and position 0): where the model starts afresh when a run trains with
+`reset_at_documents` (`doc_reset.py`). They are the window's own boundaries, the positions after
+each `<|endoftext|>` that separated two files in the token array, followed through the layout;
+not the `<|endoftext|>` that closes every FIM middle (in whole-document FIM that token also closes
+the document; in regions it is followed by the document's own, and only that one counts).
+
 Randomness. Every draw of a window comes from `fim_rng(seed, epoch, start)`, four
 numbers per piece drawn whatever `fim_rate` is, so a sample depends only on
 (seed, epoch, window start), not on the worker that made it, and raising
@@ -70,7 +77,9 @@ class FimResult:
     """A batch of transformed windows.
 
     tokens: (B, L) int64, the samples; roles: (B, L) int8, PLAIN/SENTINEL/PREFIX/SUFFIX/MIDDLE/PAD
-    per token; modes[b][i]: "psm" | "spm" | "none" for piece i of window b; trimmed[b][i]: suffix
+    per token; doc_starts: (B, L) bool, True at position 0 and at the first token of each document
+    (module docstring, "Document starts"; `document_starts` for untransformed windows);
+    modes[b][i]: "psm" | "spm" | "none" for piece i of window b; trimmed[b][i]: suffix
     tokens dropped from that piece to fit; spans[b][i]: [start, end) of that piece in `tokens`
     (its closing <|endoftext|> included). `num_drawn` counts pieces drawn for FIM, of which
     `num_fim` were transformed (the rest were too short to fit), out of `num_pieces` non-empty ones.
@@ -78,6 +87,7 @@ class FimResult:
 
     tokens: np.ndarray
     roles: np.ndarray
+    doc_starts: Optional[np.ndarray] = None
     modes: list[list[str]] = field(default_factory=list)
     trimmed: list[list[int]] = field(default_factory=list)
     spans: list[list[tuple[int, int]]] = field(default_factory=list)
@@ -89,6 +99,25 @@ class FimResult:
     def fim_fraction(self) -> float:
         """Transformed pieces / non-empty pieces: what `fim_rate` asks for, as measured."""
         return self.num_fim / self.num_pieces if self.num_pieces else 0.0
+
+
+def document_starts(tokens: np.ndarray, eot: int) -> np.ndarray:
+    """`FimResult.doc_starts` of untransformed windows (B, L): position 0 and every position after an `eot`."""
+    starts = np.zeros(tokens.shape, dtype=bool)
+    starts[:, 0] = True
+    starts[:, 1:] = tokens[:, :-1] == eot
+    return starts
+
+
+def _piece_starts(spans: list[list[tuple[int, int]]], shape: tuple[int, int]) -> np.ndarray:
+    """Whole-document FIM's `doc_starts`: each piece is one document's part of the window, so each
+    piece's first output position starts a document."""
+    starts = np.zeros(shape, dtype=bool)
+    for b, row in enumerate(spans):
+        for first, _ in row:
+            if first < shape[1]:
+                starts[b, first] = True
+    return starts
 
 
 def _pieces(window: np.ndarray, eot: int) -> list[tuple[int, int, bool]]:
@@ -224,6 +253,7 @@ class FimTransform:
             result.modes.append(modes)
             result.trimmed.append(trims)
             result.spans.append(spans)
+        result.doc_starts = _piece_starts(result.spans, (B, L))
         return result
 
     def _split(self, pieces: list[np.ndarray], draws: list[np.ndarray]) -> list[tuple[list, list, list]]:
@@ -282,7 +312,9 @@ class FimTransform:
         # 1. Per window: each piece's regions, in order, each kept plain or cut (six draws per region).
         chunks: list[str] = []  # every text to encode, in order
         items: list[list[tuple[str, int]]] = []  # per window: (mode | "none" | "eot", first chunk)
-        result = FimResult(np.full((B, L), t.pad, dtype=np.int64), np.full((B, L), PAD, dtype=np.int8))
+        result = FimResult(np.full((B, L), t.pad, dtype=np.int64), np.full((B, L), PAD, dtype=np.int8),
+                           np.zeros((B, L), dtype=bool))
+        result.doc_starts[:, 0] = True
         for b in range(B):
             rng = fim_rng(self.seed, epoch, starts[b])
             clean = not np.isin(windows[b], others).any()  # as above: FIM tokens in the data stay alone
@@ -317,6 +349,8 @@ class FimTransform:
                     toks.append(np.asarray(seg, dtype=np.int64))
                     rols.append(np.full(len(seg), r, dtype=np.int8))
                     n += len(seg)
+                if mode == "eot" and at + n < L:  # the document's own <|endoftext|>: the next one starts after it
+                    result.doc_starts[b, at + n] = True
                 if mode != "eot" and at < L:  # regions pushed past the window's end are not counted
                     modes.append(mode)
                     spans.append((at, min(at + n, L)))
@@ -467,10 +501,14 @@ def make_batch(result: FimResult, starts) -> dict:
 
     input_ids (B, L-1) and targets (B, L-1), already shifted, IGNORE_INDEX (-100) where the target is
     `<fim_pad>`; middle_mask (B, L-1) True where the target is part of a FIM middle (its closing
-    `<|endoftext|>` included); starts (B,).
+    `<|endoftext|>` included); doc_starts (B, L-1) True where an input token starts a document
+    (`FimResult.doc_starts`: the window's documents, not the FIM middles' closing tokens); starts (B,).
     """
     import torch
 
+    if result.doc_starts is None:
+        raise ValueError("the FimResult has no doc_starts; FimTransform sets them, and untransformed windows get "
+                         "theirs from fim.document_starts(tokens, eot): FimResult(tokens, roles, document_starts(...))")
     tokens = torch.from_numpy(result.tokens)
     roles = torch.from_numpy(result.roles)
     targets = tokens[:, 1:].clone()
@@ -479,5 +517,6 @@ def make_batch(result: FimResult, starts) -> dict:
         "input_ids": tokens[:, :-1].contiguous(),
         "targets": targets,
         "middle_mask": roles[:, 1:] == MIDDLE,
+        "doc_starts": torch.from_numpy(np.ascontiguousarray(result.doc_starts[:, :-1])),
         "starts": torch.as_tensor(np.asarray(starts), dtype=torch.long),
     }

@@ -4,7 +4,8 @@
   FIM-middle targets optionally weighted (`middle_loss_weight`);
 - `validation_losses`: on the same held-out windows every time, `val_loss` (FIM off, every
   token), `val_bpb` (that loss in bits per byte of text: comparable across tokenizers) and
-  `val_fim_loss` (FIM on every window, middle tokens only);
+  `val_fim_loss` (FIM on every window, middle tokens only), the windows read as training reads
+  them (`reset_at_documents`, `doc_reset.model_logits`);
 - `autocast`: bf16 matmuls on CUDA with fp32 weights (bf16 has fp32's range, so no loss scaling;
   fp16 is where Mamba's NaNs come from); full fp32 elsewhere.
 
@@ -18,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mamba_nb.doc_reset import model_logits
 from mamba_nb.fim import IGNORE_INDEX
 
 
@@ -47,8 +49,8 @@ def fim_loss_targets(targets: torch.Tensor, middle_mask: torch.Tensor) -> torch.
 @torch.no_grad()
 def validation_losses(model, ds, window, batch_size: int, eval_windows: int, device: torch.device, d) -> dict:
     """`val_loss`, `val_bpb` and `val_fim_loss` (module docstring) over `eval_windows` windows of
-    the validation split, laid out as `window` (a `WindowConfig`: context_len, FIM settings,
-    seed) says.
+    the validation split, laid out and read as `window` (a `WindowConfig`: context_len, FIM settings,
+    seed, reset_at_documents) says.
 
     The same windows every time (a fixed seed and epoch 0), split over the ranks of `d` (a
     `runtime.Dist`); losses are token-weighted means over all of them.
@@ -80,8 +82,9 @@ def validation_losses(model, ds, window, batch_size: int, eval_windows: int, dev
                 y = batch["targets"][:take].to(device)
                 if fim_rate > 0:
                     y = fim_loss_targets(y, batch["middle_mask"][:take].to(device))
+                doc_starts = batch["doc_starts"][:take].to(device) if window.reset_at_documents else None
                 with autocast(device):
-                    logits = model(input_ids=x, use_cache=False).logits
+                    logits = model_logits(model, x, doc_starts)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
                                        reduction="sum")
                 scored = y[y != IGNORE_INDEX].cpu()

@@ -6,7 +6,8 @@ What one run does, in order:
    (`model.build_model`, which says which selective scan runs); under torchrun, wraps it in DDP
    or, with `fsdp`, shards it (`fsdp.py`);
 3. steps: AdamW and a warmup + cosine schedule (`schedule.py`), gradient accumulation and
-   clipping, bf16 autocast on CUDA with fp32 weights, the loss of `losses.py`;
+   clipping, bf16 autocast on CUDA with fp32 weights, the loss of `losses.py`; with
+   `reset_at_documents`, each document of a window read on its own (`doc_reset.py`);
 4. every `eval_every` steps and at the end: the validation losses (`losses.validation_losses`),
    a snapshot for notebook 05, and `loss.png` (`runlog.py`);
 5. every `save_every` steps, at the end, and on Ctrl-C / SIGTERM: `<out_dir>/latest/`.
@@ -32,6 +33,7 @@ import torch
 
 from mamba_nb import checkpoint as ckpt
 from mamba_nb.config import TrainConfig, to_dict
+from mamba_nb.doc_reset import checkpointing_kwargs, model_logits
 from mamba_nb.losses import autocast, training_loss, validation_losses
 from mamba_nb.rng import rng_state, seed_everything, set_rng_state
 from mamba_nb.runtime import (Dist, StopRequest, TrainingError, any_rank, init_distributed, mean_over_ranks,
@@ -43,7 +45,7 @@ from mamba_nb.windows import DataStream
 # the same run (another model, other windows, another order of data).
 MUST_MATCH = ("arch", "preset", "pretrained", "hidden_size", "num_hidden_layers", "state_size", "context_len",
               "fim_rate", "spm_rate", "fim_level", "fim_region_lines", "line_hole_rate", "seed", "batch_size",
-              "grad_accum", "lora_rank", "lora_targets", "fsdp")
+              "grad_accum", "lora_rank", "lora_targets", "fsdp", "reset_at_documents")
 
 
 def dataset_fingerprint(ds) -> dict:
@@ -148,8 +150,8 @@ class Trainer:
         when resuming a checkpoint."""
         saved = self._load_or_build()
         if self.cfg.gradient_checkpointing:
-            # non-reentrant: the recomputation sees the same autograd graph (our scan's Function included)
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # non-reentrant, and the document starts put back around each recomputation (doc_reset.py)
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs())
         self.net = self._parallel()
         # after sharding: FSDP replaces the parameters with their shards
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
@@ -260,9 +262,10 @@ class Trainer:
         decayed = sum(p.numel() for p in self.optimizer.param_groups[0]["params"])
         total = self.state.total_steps
         how = " (FSDP)" if self.cfg.fsdp else ""
+        apart = ", each document of a window read on its own" if self.cfg.reset_at_documents else ""
         self.say(f"training on {self.device} x {self.d.world_size}{how}: {n_params / 1e6:.2f}M parameters "
                  f"({decayed / 1e6:.2f}M with weight decay), {self.tokens_per_step:,} tokens per step, "
-                 + (f"{total} steps" if total else f"time budget {self.budget_s:.0f} s"))
+                 + (f"{total} steps" if total else f"time budget {self.budget_s:.0f} s") + apart)
 
     def _step(self, stop: StopRequest) -> tuple[Optional[dict], Optional[dict]]:
         """One optimizer step over `grad_accum` micro-batches → (its metrics record, its last batch).
@@ -330,6 +333,7 @@ class Trainer:
         device = self.device
         x = batch["input_ids"].to(device, non_blocking=True)
         y = batch["targets"].to(device, non_blocking=True)
+        doc_starts = batch["doc_starts"].to(device, non_blocking=True) if self.cfg.reset_at_documents else None
         # DDP and FSDP: reduce the gradients over the ranks once per optimizer step, not per micro-batch
         # (FSDP then holds whole gradients between micro-batches: fewer messages, more memory)
         if self.cfg.fsdp:
@@ -337,7 +341,7 @@ class Trainer:
         sync = self.net.no_sync() if self.d.on and not self.cfg.fsdp and not last else contextlib.nullcontext()
         with sync:
             with autocast(device):
-                logits = self.net(input_ids=x, use_cache=False).logits  # (B, L, V)
+                logits = model_logits(self.net, x, doc_starts)  # (B, L, V)
             loss = training_loss(logits, y, batch["middle_mask"].to(device), self.cfg.middle_loss_weight)
             (loss / self.cfg.grad_accum).backward()
         return loss.detach()

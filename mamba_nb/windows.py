@@ -6,7 +6,9 @@ Lance `take` (B * (context_len + 1) row indices), applies FIM to the batch at on
 (one batched encode), and returns the batch dict (see `fim.make_batch`):
 
     input_ids (B, L) long, targets (B, L) long (shifted, -100 on <fim_pad>),
-    middle_mask (B, L) bool, starts (B,) long            with L = context_len
+    middle_mask (B, L) bool, doc_starts (B, L) bool, starts (B,) long       with L = context_len
+
+(`doc_starts`: where a document of the window begins, what `reset_at_documents` resets at.)
 
 The DataLoader runs with `batch_size=None`, so there is no collate step. The
 epoch travels inside the index, so FIM draws (`fim_rng(seed, epoch, start)`)
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 
 from mamba_nb.config import WindowConfig
-from mamba_nb.fim import PLAIN, FimResult, FimTransform, make_batch
+from mamba_nb.fim import PLAIN, FimResult, FimTransform, document_starts, make_batch
 from mamba_nb.orphans import die_with_parent
 from mamba_nb.sampler import WindowSampler, check_fits
 from mamba_nb.tokenizer import FimTokens
@@ -98,7 +100,8 @@ class WindowDataset(torch.utils.data.Dataset):
         starts = np.asarray(starts, dtype=np.int64)
         windows = self.read_windows(starts)
         if self.fim is None:
-            result = FimResult(windows, np.full(windows.shape, PLAIN, dtype=np.int8))
+            result = FimResult(windows, np.full(windows.shape, PLAIN, dtype=np.int8),
+                               document_starts(windows, self.ds.fim_tokens.eot))
         else:
             result = self.fim(windows, starts, epoch)
         return make_batch(result, starts)

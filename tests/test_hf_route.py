@@ -66,7 +66,7 @@ def test_collator_gives_the_same_batch_dict(tok, tokenized):
     collate = FimCollator(tok, cfg)
     loader = torch.utils.data.DataLoader(grouped, batch_size=4, shuffle=False, collate_fn=collate)
     batch = next(iter(loader))
-    assert set(batch) == {"input_ids", "targets", "middle_mask", "starts"}
+    assert set(batch) == {"input_ids", "targets", "middle_mask", "doc_starts", "starts"}
     assert batch["input_ids"].shape == batch["targets"].shape == (4, 32)
     assert batch["starts"].tolist() == [0, 1, 2, 3]
     assert batch["middle_mask"].any()

@@ -27,7 +27,7 @@ def full_windows(batch):
 def test_without_fim_a_batch_is_the_token_array(tiny_dataset):
     loader, sampler = make_loader(tiny_dataset, "train", cfg(fim_rate=0.0), batch_size=4)
     batch = next(iter(loader))
-    assert set(batch) == {"input_ids", "targets", "middle_mask", "starts"}
+    assert set(batch) == {"input_ids", "targets", "middle_mask", "doc_starts", "starts"}
     assert batch["input_ids"].dtype == batch["targets"].dtype == torch.long
     assert batch["middle_mask"].dtype == torch.bool and batch["input_ids"].shape == (4, CTX)
     assert batch["starts"].tolist() == list(sampler.rank_starts(0)[:4])

@@ -1,12 +1,15 @@
 """The selective scan: a fast PyTorch path for Mamba-1 and how it plugs into HF models.
 
 `selective.py` holds the math (`selective_scan`, same inputs/outputs as `mamba_ssm`'s
-`selective_scan_fn`); `patch.py` chooses a path per model and installs it (`apply_scan_path`).
+`selective_scan_fn`); `conv.py` the mixer's convolution cut at document starts; `patch.py` chooses
+a path per model and installs it (`apply_scan_path`), and carries document starts to the mixers
+(`reset_states_at`).
 """
-from .patch import SCAN_CHOICES, SUPPORTED_TRANSFORMERS, ScanPathError, apply_scan_path, kernels_available, scan_path_of
+from .patch import (SCAN_CHOICES, SUPPORTED_TRANSFORMERS, ScanPathError, apply_scan_path, kernels_available,
+                    reset_states_at, scan_path_of)
 from .selective import selective_scan, selective_state_update
 
 __all__ = [
     "SCAN_CHOICES", "SUPPORTED_TRANSFORMERS", "ScanPathError", "apply_scan_path", "kernels_available",
-    "scan_path_of", "selective_scan", "selective_state_update",
+    "reset_states_at", "scan_path_of", "selective_scan", "selective_state_update",
 ]

@@ -27,6 +27,22 @@ surroundings (5.15 fails tests/test_scan_contract.py: other cache field, other f
 5.0-5.14 have `MambaMixer.slow_forward` instead. Widen SUPPORTED_TRANSFORMERS only after running
 the contract tests on the new version.
 
+Resets at document starts (`reset_states_at(doc_starts)`, what `reset_at_documents` trains with,
+see `mamba_nb.doc_reset`): a second context variable carries the window's document starts
+((batch, L) bool) from the training step into the mixers, so neither HF's model code nor its call
+signatures change (HF's MambaBlock passes no extra argument to its mixer). Inside it, a Mamba-1
+mixer's sequence functions run with resets: on "fast", our convolution with its taps cut
+(`conv.py`) and our scan with the decay zeroed at each start (`selective.py`); on "kernels", the
+fused `mamba_inner_fn` is skipped (it takes no `seq_idx`; HF's forward then goes on to the unfused
+calls), the convolution runs in `causal-conv1d`'s kernel with its `seq_idx`, and the scan runs in
+our PyTorch scan on the GPU, because `mamba-ssm`'s `selective_scan_fn` (released 2.x) takes no
+`seq_idx` (only its unmerged varlen branch does); that path cannot run here (no CUDA kernels), its
+plumbing is tested against a stand-in. Refused with a `ScanPathError`: "hf" (HF's reference, kept
+unchanged to compare against, cannot reset), Mamba-2 (HF's chunked scan has no reset), a forward
+with a cache (generation reads one document) and starts whose shape is not the input's. Gradient
+checkpointing recomputes blocks in the backward, outside the context: `recompute_contexts` is the
+`context_fn` that puts the starts back around the recomputation.
+
 Mamba-2 has no path of ours: HF's chunked PyTorch scan is already made of matmuls and, on the
 course's tiny config, trains at about the same tokens per CPU-second as our Mamba-1 path
 (benchmarks/bench_train_cpu.py); a replacement was not attempted. "fast" and "auto" run HF's
@@ -35,6 +51,7 @@ kernels, or change any weight.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import importlib
@@ -44,6 +61,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .conv import causal_conv1d, causal_conv1d_kernel
 from .selective import selective_scan, selective_state_update
 
 SCAN_CHOICES = ("auto", "kernels", "fast", "hf")
@@ -55,6 +73,20 @@ INSTALL_KERNELS = (
 
 # The path the mixer now running asked for: None outside a patched mixer's forward.
 _ROUTE: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("mamba_nb_scan_route", default=None)
+
+
+class _DocStarts:
+    """The document starts a forward pass resets at, and how many mixers read them."""
+
+    def __init__(self, doc_starts: torch.Tensor):
+        self.doc_starts = doc_starts  # (batch, L) bool
+        self.reads = 0
+
+
+# Set by `reset_states_at` around a model's forward: None outside one (every window one stream).
+_DOC_STARTS: contextvars.ContextVar[Optional[_DocStarts]] = contextvars.ContextVar("mamba_nb_doc_starts",
+                                                                                    default=None)
+MAMBA1 = "transformers.models.mamba.modeling_mamba"
 
 
 class ScanPathError(RuntimeError):
@@ -109,9 +141,88 @@ class _Dispatch:
         if route is None:
             return self.original(*args, **kwargs)
         self.calls[route] += 1
+        starts = _DOC_STARTS.get()
+        if starts is not None and self.module == MAMBA1 and self.name in _RESETTING:
+            return _with_resets(self.name, route, starts.doc_starts, args, kwargs)
         if route == "kernels":
             return self.original(*args, **kwargs)
         return (self.fast if route == "fast" else self.reference)(*args, **kwargs)
+
+
+# Mamba-1's functions that read a whole sequence: inside `reset_states_at` they run `_with_resets`.
+_RESETTING = ("mamba_inner_fn", "causal_conv1d_fn", "mamba_selective_scan")
+
+
+def _with_resets(name: str, route: str, doc_starts: torch.Tensor, args, kwargs):
+    """Mamba-1's function `name` with resets at `doc_starts`, on the "fast" or "kernels" route (the
+    others are refused by `_check_resets`)."""
+    if name == "mamba_inner_fn":
+        return None  # the fused kernel takes no seq_idx; None makes HF's forward go on to the unfused calls
+    if name == "causal_conv1d_fn":
+        conv = causal_conv1d_kernel if route == "kernels" else causal_conv1d
+        return conv(*args, doc_starts=doc_starts, **kwargs)
+    # ours on both routes: mamba-ssm's selective_scan_fn takes no seq_idx
+    return selective_scan(*args, doc_starts=doc_starts, **kwargs)
+
+
+@contextlib.contextmanager
+def reset_states_at(doc_starts: Optional[torch.Tensor]):
+    """Within: every patched Mamba-1 mixer starts its scan state and convolution afresh where
+    `doc_starts` ((batch, L) bool, on the model's device) is True, as if each document were its own
+    sequence. None: no resets (a no-op). Raises ScanPathError when no patched mixer read the starts
+    (a model `apply_scan_path` never touched, or not a Mamba-1): they would be ignored silently."""
+    if doc_starts is None:
+        yield
+        return
+    starts = _DocStarts(doc_starts)
+    token = _DOC_STARTS.set(starts)
+    try:
+        yield
+    finally:
+        _DOC_STARTS.reset(token)
+    if starts.reads == 0:
+        raise ScanPathError(
+            "reset_states_at: no Mamba-1 mixer patched by apply_scan_path read the document starts, so nothing "
+            "was reset; call mamba_nb.scan.apply_scan_path(model) first (the Llama peer resets through its "
+            "position ids instead: mamba_nb.doc_reset.model_logits)"
+        )
+
+
+def recompute_contexts():
+    """`context_fn` for torch.utils.checkpoint (non-reentrant): a checkpointed block is recomputed in
+    the backward pass, outside `reset_states_at`; this restores the starts of its forward around it."""
+    starts = _DOC_STARTS.get()
+
+    @contextlib.contextmanager
+    def restored():
+        token = _DOC_STARTS.set(starts)
+        try:
+            yield
+        finally:
+            _DOC_STARTS.reset(token)
+
+    return contextlib.nullcontext(), restored()
+
+
+def _check_resets(mixer: nn.Module, route: str, starts: _DocStarts, hidden_states: torch.Tensor, kwargs) -> None:
+    """Refuse what cannot reset at document starts (module docstring, "Resets")."""
+    if not mixer._mamba_nb_has_fast:
+        raise ScanPathError(
+            f"resets at document starts (reset_at_documents) are not supported for {type(mixer).__name__} (Mamba-2): "
+            "HF's chunked PyTorch scan has no reset; train Mamba-2 with --no-reset-at-documents, or use --arch mamba"
+        )
+    if route == "hf":
+        raise ScanPathError(
+            "resets at document starts (reset_at_documents) need scan='fast' or 'kernels'; scan='hf' runs HF's "
+            "reference functions unchanged, which cannot reset: pass --scan fast (the same math) or --scan auto"
+        )
+    if kwargs.get("cache") is not None:
+        raise ScanPathError("reset_states_at is for training windows (no cache): generation reads one document, "
+                            "call the model outside reset_states_at")
+    if tuple(starts.doc_starts.shape) != tuple(hidden_states.shape[:2]):
+        raise ScanPathError(f"doc_starts has shape {tuple(starts.doc_starts.shape)} but the model reads (batch, L) = "
+                            f"{tuple(hidden_states.shape[:2])}; pass the batch's doc_starts for its input_ids")
+    starts.reads += 1
 
 
 def _modeling(module_name: str):
@@ -170,6 +281,9 @@ def _resolve(requested: str, device: torch.device, has_fast: bool) -> str:
 def _routed_forward(self: nn.Module, hidden_states: torch.Tensor, *args, **kwargs):
     # Installed as an instance attribute, so nn.Module.__call__ finds it before the class's.
     route = _resolve(self._mamba_nb_scan, hidden_states.device, self._mamba_nb_has_fast)
+    starts = _DOC_STARTS.get()
+    if starts is not None:
+        _check_resets(self, route, starts, hidden_states, kwargs)
     token = _ROUTE.set(route)
     try:
         return type(self).forward(self, hidden_states, *args, **kwargs)
@@ -256,7 +370,7 @@ def apply_scan_path(model: nn.Module, scan: str = "auto") -> str:
         _install_dispatch(module_name)
     for module_name, mixer in mixers:
         mixer._mamba_nb_scan = scan
-        mixer._mamba_nb_has_fast = module_name == "transformers.models.mamba.modeling_mamba"
+        mixer._mamba_nb_has_fast = module_name == MAMBA1
         mixer.forward = _routed_forward.__get__(mixer)
     for module_name in {name for name, _ in mixers}:
         mixer = next(m for name, m in mixers if name == module_name)

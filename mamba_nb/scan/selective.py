@@ -10,6 +10,13 @@ zero initial state):
 
 and, when asked, the final state h[..., L-1] (what HF keeps in the cache as the ssm state).
 
+Resets at document starts (`doc_starts`, (batch, L) bool, optional): where it is True the state
+starts afresh, h[b,d,n,t] = dt * u * B, as if the window began there. That is the decay
+exp(dt * A) set to 0 at those positions, nothing else: the forward loop then forgets the previous
+document, and the backward, which runs the adjoint recurrence through the same stored decays, stops
+there too (no gradient crosses the boundary, and the zeroed decay has no gradient for dt or A).
+Used to keep the documents of a packed training window apart (`mamba_nb.doc_reset`).
+
 Why it is fast without a custom kernel. HF's fallback indexes one time step at a time out of
 full-size tensors; autograd then writes a full-size zero gradient for every slice, so its
 backward is O(L^2). Here one `torch.autograd.Function` owns the recurrence: the forward keeps
@@ -103,14 +110,15 @@ def _one_thread(device: torch.device):
 class _Recurrence(torch.autograd.Function):
     """h_t = exp(dt_t * A) * h_{t-1} + dt_t * x_t (outer) B_t ;  y_t = C_t . h_t   (time-major).
 
-    Inputs: dt, x (L, B, D); A (D, N); Bm, Cm (L, B, N). Outputs: y (L, B, D), last state
+    Inputs: dt, x (L, B, D); A (D, N); Bm, Cm (L, B, N); resets: None, or the time-major flat
+    indices t * B + b (long) where the state starts afresh. Outputs: y (L, B, D), last state
     (B, D, N). States are laid out (L, B, N, D): D innermost makes every broadcast a contiguous
     row operation and every contraction over n or d a batched matrix-vector product, the layout
     measured fastest for these shapes on CPU.
     """
 
     @staticmethod
-    def forward(ctx, dt, x, A, Bm, Cm):
+    def forward(ctx, dt, x, A, Bm, Cm, resets):
         L, batch, D = dt.shape
         N = A.shape[1]
         LB = L * batch
@@ -119,6 +127,10 @@ class _Recurrence(torch.autograd.Function):
         # H starts as the inputs B (outer) dt*x and becomes the states in place: one fused op per step.
         H = torch.mul(Bm.unsqueeze(-1), dtx.unsqueeze(2), out=WORKSPACE.take((L, batch, N, D), dt))
         decay = torch.mul(dt.unsqueeze(2), At, out=WORKSPACE.take((L, batch, N, D), dt)).exp_()  # in (0, 1]
+        if resets is not None:
+            # a zero decay drops h_{t-1}: the state starts afresh at a document's first token. The backward
+            # reads the same buffer, so it stops there too.
+            decay.view(LB, N, D).index_fill_(0, resets, 0.0)
         with _one_thread(dt.device):
             for t in range(1, L):
                 H[t].addcmul_(H[t - 1], decay[t])
@@ -167,7 +179,7 @@ class _Recurrence(torch.autograd.Function):
         WORKSPACE.give(H, decay, G)
         grad_dt = grad_dtx * x + grad_dt_decay
         grad_x = grad_dtx * dt
-        return grad_dt, grad_x, grad_A, grad_B, grad_C
+        return grad_dt, grad_x, grad_A, grad_B, grad_C, None
 
 
 def selective_scan(
@@ -181,12 +193,14 @@ def selective_scan(
     delta_bias: Optional[torch.Tensor] = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    doc_starts: Optional[torch.Tensor] = None,
     **unused,
 ):
     """The selective scan with the signature and layout of HF's `mamba_selective_scan`.
 
     hidden_states (the scan input u), dt (before bias and softplus), z: (batch, D, L);
-    A: (D, N); B, C: (batch, N, L); D, delta_bias: (D,).
+    A: (D, N); B, C: (batch, N, L); D, delta_bias: (D,). doc_starts: (batch, L) bool, True where
+    the state starts afresh (module docstring, "Resets"); None: one stream.
     Returns out (batch, D, L) and, if `return_last_state`, the final state (batch, D, N).
     Computes in float32 at least (float64 stays float64), like the kernel; `**unused` swallows
     HF's extra switches (`use_mambapy`, ...) so it is a drop-in for HF's function.
@@ -210,7 +224,13 @@ def selective_scan(
     if delta_softplus:
         dt = F.softplus(dt)
     x = time_major(hidden_states)
-    y, last = _Recurrence.apply(dt, x, A.to(compute).contiguous(), time_major(B), time_major(C))
+    resets = None
+    if doc_starts is not None:
+        if doc_starts.shape != (hidden_states.shape[0], hidden_states.shape[2]):
+            raise ValueError(f"doc_starts has shape {tuple(doc_starts.shape)}, the scan's input (batch, D, L) "
+                             f"{tuple(hidden_states.shape)}: pass one flag per (batch, position)")
+        resets = doc_starts.t().reshape(-1).nonzero().squeeze(1)  # time-major flat indices t * batch + b
+    y, last = _Recurrence.apply(dt, x, A.to(compute).contiguous(), time_major(B), time_major(C), resets)
     if D is not None:
         y = torch.addcmul(y, x, D.to(compute))
     if z is not None:
