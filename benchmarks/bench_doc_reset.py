@@ -54,8 +54,14 @@ def train_run(name: str, steps: int, dataset: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def measure(name: str, tasks_from: str, num_tasks: int) -> dict:
+def measure(name: str, tasks_from: str, num_tasks: int, dataset: str) -> dict:
+    import torch
+
     from mamba_nb.checkpoint import trained_context_len
+    from mamba_nb.config import WindowConfig
+    from mamba_nb.dataset import open_dataset
+    from mamba_nb.losses import validation_losses
+    from mamba_nb.runtime import Dist
     from mamba_nb.holes import documents_from, line_tasks, package_dir
     from mamba_nb.model import load_checkpoint
     from mamba_nb.suffix_gain import suffix_gain
@@ -69,7 +75,15 @@ def measure(name: str, tasks_from: str, num_tasks: int) -> dict:
     directory = Path(tasks_from) if Path(tasks_from).is_dir() else package_dir(tasks_from)
     tasks = line_tasks(documents_from(directory), num_tasks, seed=1, tokenizer=tok)
     gain = suffix_gain(model, tok, tasks, modes=("spm",), context_len=trained_context_len(out))
+    # Both models read the same held-out windows both ways: as one stream, and each document on
+    # its own (as at inference, where a prompt is one document). A run's own validation only
+    # reads them the way it trained, so its val_loss alone does not compare the two runs.
+    read = {}
+    for reset in (False, True):
+        window = WindowConfig(context_len=trained_context_len(out), fim_rate=0.0, reset_at_documents=reset)
+        read[reset] = validation_losses(model, open_dataset(dataset), window, 8, 128, torch.device("cpu"), Dist())
     return {"steps": last["step"], "val_loss": last["val_loss"], "val_bpb": last.get("val_bpb"),
+            "stream_bpb": read[False]["val_bpb"], "apart_bpb": read[True]["val_bpb"],
             "val_fim_loss": last["val_fim_loss"], "val_suffix_gain": last.get("val_suffix_gain"),
             "gain": gain["spm"]["gain"], "gain_interval": gain["spm"]["interval"],
             "median_step_s": statistics.median(step_s) if step_s else float("nan")}
@@ -89,17 +103,21 @@ def main(argv=None) -> int:
         start = time.time()
         if not (args.reuse and (OUT / name / "latest" / "config.json").is_file()):
             train_run(name, args.steps, args.dataset)
-        results[name] = {**measure(name, args.tasks_from, args.num_tasks), "wall_s": time.time() - start}
+        results[name] = {**measure(name, args.tasks_from, args.num_tasks, args.dataset), "wall_s": time.time() - start}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"steps": args.steps, "results": results}, indent=2))
 
     base = results["plain"]
     print(f"\n{args.steps} steps each, the course configuration; suffix gain: SPM prompt, {args.num_tasks} lines of "
           f"{args.tasks_from} (nats/token, 95 % interval); step-time ratio against `plain`")
-    print(f"{'run':<6} {'val loss':>8} {'val bpb':>7} {'FIM loss':>8} {'suffix gain':>22} {'step s':>7} {'step ÷':>6}")
+    print("(val: the run's own validation, read as it trained; bpb stream / apart: 128 held-out windows, FIM off, "
+          "read as one stream / each document on its own, the same for both models)")
+    print(f"{'run':<6} {'val loss':>8} {'val bpb':>7} {'bpb stream':>10} {'bpb apart':>9} {'FIM loss':>8} "
+          f"{'suffix gain':>22} {'step s':>7} {'step ÷':>6}")
     for name, r in results.items():
         lo, hi = r["gain_interval"]
-        print(f"{name:<6} {r['val_loss']:8.4f} {r['val_bpb']:7.4f} {r['val_fim_loss']:8.4f} "
+        print(f"{name:<6} {r['val_loss']:8.4f} {r['val_bpb']:7.4f} {r['stream_bpb']:10.4f} {r['apart_bpb']:9.4f} "
+              f"{r['val_fim_loss']:8.4f} "
               f"{r['gain']:+7.3f} [{lo:+.3f}, {hi:+.3f}] {r['median_step_s']:7.3f} "
               f"{r['median_step_s'] / base['median_step_s']:6.2f}")
     return 0

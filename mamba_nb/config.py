@@ -91,6 +91,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "max_documents": _at_least(1),
     "max_document_bytes": _at_least(1),
     "source": _one_of("stdlib", "dir", "hf"),
+    "build_engine": _one_of("local", "ray"),
+    "build_workers": _at_least(1),
     "context_len": _at_least(2),
     "fim_rate": _PROBABILITY,
     "spm_rate": _PROBABILITY,
@@ -172,6 +174,10 @@ class DataConfig(Checked):
     # Lance storage options for a remote out_dir: key=value items or YAML files (store.py); secrets
     # are better left in the environment (AWS_SECRET_ACCESS_KEY, ...), which is read too
     storage_options: list[str] = field(default_factory=list)
+    # "local": one process (the default); "ray": tokenize and write in parallel tasks on a Ray cluster
+    # (ray_build.py; `pip install -e '.[scale]'`; RAY_ADDRESS joins a running cluster). Same output.
+    build_engine: str = "local"
+    build_workers: Optional[int] = None  # the local Ray cluster's CPUs (None: all of this machine's)
 
 
 @dataclass

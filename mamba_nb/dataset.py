@@ -22,9 +22,7 @@ This module does not cut windows, shuffle, or apply FIM (`sampler.py`, `windows.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import math
 import os
 import queue
 import shutil
@@ -39,12 +37,12 @@ import pyarrow as pa
 from mamba_nb.config import DataConfig, to_dict
 from mamba_nb.corpus import Corpus, Document, corpus_from_config
 from mamba_nb.mirror import Mirror, cache_dir
+from mamba_nb.split import SPLITS, is_validation, split_documents  # noqa: F401  (split_documents: re-exported)
 from mamba_nb.store import Store, StoreError, resolve_options
-from mamba_nb.tokenizer import EOT, FimTokens, encode_texts, load_hf_tokenizer, token_dtype, train_bpe, vocab_size_of
+from mamba_nb.tokenizer import DocumentEncoder, FimTokens, load_hf_tokenizer, token_dtype, train_bpe, vocab_size_of
 
 FORMAT = "mamba-nb-token-dataset"
 FORMAT_VERSION = 1
-SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"
 SCHEMA_METADATA_KEY = b"mamba_nb"  # the manifest, also stored in each token array's Lance schema
 # One encode_batch call gets documents up to this many characters (or DOCS_PER_BATCH documents):
@@ -55,7 +53,7 @@ TAKE_MAX_ROWS = 1 << 16  # `read` uses `take` up to this many tokens, a scan bey
 QUEUE_DEPTH = 4  # batches in flight between the reader, the tokenizer and each writer
 DOCS_SCHEMA = pa.schema([("start", pa.int64()), ("length", pa.int64()), ("source", pa.string())])
 # Settings that do not change what gets built (so a dataset is reused whatever their value).
-NOT_CONTENT_SETTINGS = ("out_dir", "overwrite", "storage_options")
+NOT_CONTENT_SETTINGS = ("out_dir", "overwrite", "storage_options", "build_engine", "build_workers")
 
 
 class DatasetError(RuntimeError):
@@ -72,35 +70,6 @@ def _store(uri, options=None) -> Store:
         return Store(uri, resolve_options(options))
     except StoreError as err:
         raise DatasetError(str(err)) from None
-
-
-# --- the split -------------------------------------------------------------------
-
-
-def _uniform(seed: int, k: int) -> float:
-    """A uniform number in [0, 1) fixed by (seed, k), the same on every machine and Python."""
-    digest = hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64
-
-
-def is_validation(index: int, validation_fraction: float, seed: int) -> bool:
-    """Does document number `index` (0-based, in corpus order) go to validation?
-
-    Systematic sampling with a random point in every unit interval: document i covers
-    [i·f, (i+1)·f) of a line on which point k sits at k + u(seed, k); a document holding
-    a point is a validation document. Every document has chance ≈ f, the validation
-    documents are spread over the whole corpus (the stdlib is sorted by package), there are
-    ⌊N·f⌋ or fewer (never more than ⌊N·f⌋+1) of them and at least one once N·f ≥ 1, and the
-    decision needs nothing but the index: the build can stream. A smaller `max_documents`
-    keeps the same split for the documents it keeps.
-    """
-    lo, hi = index * validation_fraction, (index + 1) * validation_fraction
-    return any(lo <= k + _uniform(seed, k) < hi for k in range(math.floor(lo), math.floor(hi) + 1))
-
-
-def split_documents(num_documents: int, validation_fraction: float, seed: int) -> np.ndarray:
-    """The split of documents 0..n-1 as a bool array (True = validation); for tests and plots."""
-    return np.array([is_validation(i, validation_fraction, seed) for i in range(num_documents)], dtype=bool)
 
 
 # --- streaming writes ----------------------------------------------------------------
@@ -207,47 +176,6 @@ def _split_documents(corpus: Corpus, cfg: DataConfig) -> Iterator[tuple[str, Doc
         yield ("validation" if is_validation(index, cfg.validation_fraction, cfg.seed) else "train"), doc
 
 
-class _Encoder:
-    """Batched tokenization straight into the on-disk dtype, each document + EOT."""
-
-    def __init__(self, tokenizer, dtype: np.dtype):
-        from tokenizers import Tokenizer
-
-        # Private copies of the Rust tokenizer: no padding, no truncation, no BOS.
-        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self.backend.no_padding()
-        self.backend.no_truncation()
-        # A document that spells a special token ("<|endoftext|>" in a docstring) must encode
-        # it as plain text, so the only EOTs in the array are the separators we put there.
-        # `encode_special_tokens` does that but slows every document down (~10%), so only the
-        # rare documents that contain such a spelling go through the copy that has it set.
-        self.literal = Tokenizer.from_str(self.backend.to_str())
-        self.literal.encode_special_tokens = True
-        self.specials = [t.content for t in self.backend.get_added_tokens_decoder().values() if t.special]
-        self.eot = [tokenizer.convert_tokens_to_ids(EOT)]
-        self.dtype = dtype
-
-    def ids(self, texts: list[str]) -> list[list[int]]:
-        """The token ids of each text (no EOT), special-token spellings encoded as text."""
-        spelled = [i for i, t in enumerate(texts) if any(s in t for s in self.specials)]
-        if not spelled:
-            return encode_texts(self.backend, texts)
-        ids: list = [None] * len(texts)
-        plain = sorted(set(range(len(texts))) - set(spelled))
-        for indices, backend in ((plain, self.backend), (spelled, self.literal)):
-            for i, x in zip(indices, encode_texts(backend, [texts[i] for i in indices])):
-                ids[i] = x
-        return ids
-
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """→ (tokens (T,) dtype, lengths (n,) int64), lengths counting each document's EOT."""
-        ids = self.ids(texts)
-        lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-        # one C-level pass from the lists into the array, EOT after each document
-        flat = itertools.chain.from_iterable(itertools.chain.from_iterable(zip(ids, itertools.repeat(self.eot))))
-        return np.fromiter(flat, dtype=self.dtype, count=int(lengths.sum())), lengths
-
-
 # --- the build -------------------------------------------------------------------------
 
 
@@ -283,7 +211,7 @@ def _tokenize_and_write(corpus: Corpus, cfg: DataConfig, tokenizer, dtype: np.dt
                        _LanceWriter(staging.lance_uri(f"{split}_docs.lance"), DOCS_SCHEMA, opts))
                for split in SPLITS}
     stats = {split: {"documents": 0, "tokens": 0, "bytes": 0, "characters": 0} for split in SPLITS}
-    encode = _Encoder(tokenizer, dtype)
+    encode = DocumentEncoder.of(tokenizer, dtype)
     bar = tqdm(total=_known_length(corpus), desc="tokenizing → Lance", unit="doc", disable=not progress)
     try:
         for split, docs in _background(_chunks(_split_documents(corpus, cfg))):
@@ -306,6 +234,29 @@ def _tokenize_and_write(corpus: Corpus, cfg: DataConfig, tokenizer, dtype: np.dt
         for tokens_out, docs_out in writers.values():
             tokens_out.close()
             docs_out.close()
+    return stats
+
+
+def _commit_fragments(staging: Store, dtype: np.dtype, parts: dict) -> dict:
+    """A distributed build's end: each token table committed once from the fragments its workers
+    wrote (in corpus order: one Lance `Overwrite`, whole or not at all), the document tables
+    written from their lengths and sources. `parts`: per split, as `ray_build` returns them. → stats."""
+    import lance
+
+    token_schema = pa.schema([("token", pa.from_numpy_dtype(np.dtype(dtype)))])
+    opts = staging.lance_options()
+    stats = {}
+    for split in SPLITS:
+        part = parts[split]
+        lance.LanceDataset.commit(staging.lance_uri(f"{split}.lance"),
+                                  lance.LanceOperation.Overwrite(token_schema, part["fragments"]), storage_options=opts)
+        lengths = np.asarray(part["lengths"], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64) if len(lengths) else lengths
+        docs = pa.table([pa.array(starts, pa.int64()), pa.array(lengths, pa.int64()),
+                         pa.array(part["sources"], pa.string())], schema=DOCS_SCHEMA)
+        lance.write_dataset(docs, staging.lance_uri(f"{split}_docs.lance"), schema=DOCS_SCHEMA, storage_options=opts)
+        stats[split] = {"documents": len(lengths), "tokens": int(lengths.sum()), "bytes": part["bytes"],
+                        "characters": part["characters"]}
     return stats
 
 
@@ -451,6 +402,10 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
     if cfg.tokenizer is None and cfg.vocab_size is not None:
         token_dtype(cfg.vocab_size)  # fail before reading anything
     corpus = corpus if corpus is not None else corpus_from_config(cfg)
+    if cfg.build_engine == "ray":
+        from mamba_nb.ray_build import files_of
+
+        files_of(corpus)  # a corpus it cannot shard is refused before any work
     staging = _staging(out)
     started = time.time()
     try:
@@ -459,7 +414,13 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
         dtype = token_dtype(vocab_size_of(tokenizer))
         _save_tokenizer(tokenizer, staging)
         tokenize_started = time.time()
-        stats = _tokenize_and_write(corpus, cfg, tokenizer, dtype, staging, progress)
+        if cfg.build_engine == "ray":
+            from mamba_nb.ray_build import tokenize_and_write
+
+            parts, engine = tokenize_and_write(corpus, cfg, tokenizer, dtype, staging, cfg.build_workers)
+            stats = _commit_fragments(staging, dtype, parts)
+        else:
+            stats, engine = _tokenize_and_write(corpus, cfg, tokenizer, dtype, staging, progress), {"engine": "local"}
         _check_splits(stats, corpus, cfg)
         _write_manifest(staging, {
             "format": FORMAT,
@@ -476,6 +437,7 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
             "settings": to_dict(cfg),
             "build_seconds": {"tokenizer": round(tokenize_started - started, 3),
                               "tokenize_and_write": round(time.time() - tokenize_started, 3)},
+            "build_engine": engine,
         })
         if not out.remote:
             _move_into_place(Path(staging.uri), Path(out.uri), replace=cfg.overwrite)

@@ -23,7 +23,6 @@ validation split only, HumanEval from its own file.
 from __future__ import annotations
 
 import json
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence

@@ -281,7 +281,6 @@ class FimTransform:
     def _layout(self, key, parts, spm: bool, budget: int):
         """The transformed piece as (segments, roles, mode, trimmed), or None when it cannot fit."""
         prefix, middle, suffix = parts
-        t = self.fim_tokens
         need = 3 + len(prefix) + len(middle) + len(suffix) + 1
         trim = max(0, need - budget)
         if trim > len(suffix):

@@ -21,7 +21,6 @@ Not here: the training loop and the optimizer (`train.py`), checkpoint files bey
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
 import torch

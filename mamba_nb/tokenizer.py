@@ -10,6 +10,7 @@ not resize a model's embeddings for added tokens (`model.py` does that).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -223,3 +224,51 @@ def tokens_that_differ(base, ours) -> list[str]:
     reads `base`'s token ids the same (it may add tokens, e.g. the FIM ones)."""
     vocab = ours.get_vocab()
     return [t for t, i in base.get_vocab().items() if vocab.get(t) != i]
+
+
+class DocumentEncoder:
+    """Batched tokenization straight into the on-disk dtype, each document + EOT.
+
+    Made from the Rust tokenizer's JSON and the EOT id (`DocumentEncoder.of(tokenizer, dtype)` from an HF
+    tokenizer): plain data, so a distributed build ships it to its workers (`ray_build.py`)."""
+
+    @classmethod
+    def of(cls, tokenizer, dtype: np.dtype) -> "DocumentEncoder":
+        return cls(tokenizer.backend_tokenizer.to_str(), tokenizer.convert_tokens_to_ids(EOT), dtype)
+
+    def __init__(self, backend_json: str, eot: int, dtype: np.dtype):
+        from tokenizers import Tokenizer
+
+        # Private copies of the Rust tokenizer: no padding, no truncation, no BOS.
+        self.backend = Tokenizer.from_str(backend_json)
+        self.backend.no_padding()
+        self.backend.no_truncation()
+        # A document that spells a special token ("<|endoftext|>" in a docstring) must encode
+        # it as plain text, so the only EOTs in the array are the separators we put there.
+        # `encode_special_tokens` does that but slows every document down (~10%), so only the
+        # rare documents that contain such a spelling go through the copy that has it set.
+        self.literal = Tokenizer.from_str(self.backend.to_str())
+        self.literal.encode_special_tokens = True
+        self.specials = [t.content for t in self.backend.get_added_tokens_decoder().values() if t.special]
+        self.eot = [eot]
+        self.dtype = dtype
+
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """The token ids of each text (no EOT), special-token spellings encoded as text."""
+        spelled = [i for i, t in enumerate(texts) if any(s in t for s in self.specials)]
+        if not spelled:
+            return encode_texts(self.backend, texts)
+        ids: list = [None] * len(texts)
+        plain = sorted(set(range(len(texts))) - set(spelled))
+        for indices, backend in ((plain, self.backend), (spelled, self.literal)):
+            for i, x in zip(indices, encode_texts(backend, [texts[i] for i in indices])):
+                ids[i] = x
+        return ids
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """→ (tokens (T,) dtype, lengths (n,) int64), lengths counting each document's EOT."""
+        ids = self.ids(texts)
+        lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+        # one C-level pass from the lists into the array, EOT after each document
+        flat = itertools.chain.from_iterable(itertools.chain.from_iterable(zip(ids, itertools.repeat(self.eot))))
+        return np.fromiter(flat, dtype=self.dtype, count=int(lengths.sum())), lengths

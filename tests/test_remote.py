@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("moto.server")
 
-from mamba_nb.config import DataConfig, EvalConfig, TrainConfig  # noqa: E402
+from mamba_nb.config import EvalConfig, TrainConfig  # noqa: E402
 from mamba_nb.dataset import DatasetError, build_dataset, open_dataset  # noqa: E402
 from mamba_nb.store import Store, StoreError, redact, resolve_options  # noqa: E402
 
