@@ -47,11 +47,35 @@ def timed_build(cfg: DataConfig, corpus) -> tuple[object, float]:
     return ds, time.perf_counter() - start
 
 
+def compare(args, files, work: Path, local, local_s: float) -> bool:
+    """(i) and (ii): the distributed build of the same corpus, timed, its output compared."""
+    start = time.perf_counter()
+    ray_build._start(args.workers)
+    startup_s = time.perf_counter() - start
+    dist, dist_s = timed_build(DataConfig(out_dir=str(work / "ray"), overwrite=True, build_engine="ray",
+                                          build_workers=args.workers), corpus_of(files))
+    same = identical(local, dist)
+    lp, dp = local.meta["build_seconds"], dist.meta["build_seconds"]
+    tokens = local.num_tokens("train") + local.num_tokens("validation")
+    print(f"{'full' if not files else f'first {files} files of the'} stdlib, {tokens:,} tokens; Ray with "
+          f"{args.workers} workers, {dist.meta['build_engine']['tasks']} tasks; start-up {startup_s:.1f} s")
+    print(f"{'':<28}{'single':>9}{'ray':>9}{'ray ÷ single':>14}{'with start-up':>15}")
+    for label, a, b in (("whole build", local_s, dist_s),
+                        ("tokenize-and-write pass", lp["tokenize_and_write"], dp["tokenize_and_write"])):
+        print(f"{label:<28}{a:>8.1f}s{b:>8.1f}s{b / a:>14.2f}{(b + startup_s) / a:>15.2f}")
+    print(f"identical output (tokens, document spans, sources of both splits): {same}")
+    return same
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="the first 300 files, not the whole stdlib")
+    p.add_argument("--memory-only", action="store_true", help="only (iii), the workers' peak RSS")
+    p.add_argument("--tasks-per-worker", type=int, default=ray_build.TASKS_PER_WORKER,
+                   help="replace a worker after this many tasks (ray_build.TASKS_PER_WORKER)")
     args = p.parse_args(argv)
+    ray_build.TASKS_PER_WORKER = args.tasks_per_worker
     import ray
 
     files = 300 if args.quick else None
@@ -59,23 +83,11 @@ def main(argv=None) -> int:
     try:
         base = DataConfig(out_dir=str(work / "local"), overwrite=True)
         local, local_s = timed_build(base, corpus_of(files))
-        start = time.perf_counter()
-        ray_build._start(args.workers)
-        startup_s = time.perf_counter() - start
-        dist, dist_s = timed_build(DataConfig(out_dir=str(work / "ray"), overwrite=True, build_engine="ray",
-                                              build_workers=args.workers), corpus_of(files))
-        same = identical(local, dist)
-        lp, dp = local.meta["build_seconds"], dist.meta["build_seconds"]
-        tokens = local.num_tokens("train") + local.num_tokens("validation")
-        print(f"{'full' if not files else f'first {files} files of the'} stdlib, {tokens:,} tokens; Ray with "
-              f"{args.workers} workers, {dist.meta['build_engine']['tasks']} tasks; start-up {startup_s:.1f} s")
-        print(f"{'':<28}{'single':>9}{'ray':>9}{'ray ÷ single':>14}{'with start-up':>15}")
-        for label, a, b in (("whole build", local_s, dist_s),
-                            ("tokenize-and-write pass", lp["tokenize_and_write"], dp["tokenize_and_write"])):
-            print(f"{label:<28}{a:>8.1f}s{b:>8.1f}s{b / a:>14.2f}{(b + startup_s) / a:>15.2f}")
-        print(f"identical output (tokens, document spans, sources of both splits): {same}")
-
+        same = True
+        if not args.memory_only:
+            same = compare(args, files, work, local, local_s)
         tokenizer = str(work / "local" / "tokenizer")
+        print(f"workers replaced after {ray_build.TASKS_PER_WORKER or 'no'} tasks")
         peaks = {}
         for repeat in (1, 4):
             ray.shutdown()  # fresh workers: a worker's peak RSS is over its whole life
