@@ -109,3 +109,16 @@ def tiny_dataset(tiny_data_config):
 def tiny_tokenizer(tiny_dataset):
     """The BPE tokenizer trained for `tiny_dataset` (vocab 512, the five special tokens)."""
     return tiny_dataset.tokenizer
+
+
+def assert_same_tokens(a, b) -> None:
+    """Two `TokenDataset`s hold the same documents: every token, document span and source of both
+    splits (however the Lance files are cut)."""
+    import numpy as np
+
+    for split in ("train", "validation"):
+        n = a.num_tokens(split)
+        assert b.num_tokens(split) == n
+        assert np.array_equal(a.read(split, 0, n), b.read(split, 0, n))
+        assert np.array_equal(a.doc_spans(split), b.doc_spans(split))
+        assert a.sources(split) == b.sources(split)

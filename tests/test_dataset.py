@@ -266,7 +266,7 @@ def test_uint32_when_the_vocabulary_needs_it(tiny_corpus_dir, tmp_path, monkeypa
 
 def test_interrupted_build_never_opens_and_a_rerun_finishes(tiny_corpus_dir, tmp_path, monkeypatch):
     cfg = small_config(tiny_corpus_dir, tmp_path / "ds")
-    real_call = D._Encoder.__call__
+    real_call = D.DocumentEncoder.__call__
     calls = []
 
     def failing(self, texts):
@@ -276,12 +276,12 @@ def test_interrupted_build_never_opens_and_a_rerun_finishes(tiny_corpus_dir, tmp
         return real_call(self, texts)
 
     monkeypatch.setattr(D, "CHARS_PER_BATCH", 20_000)  # several batches, so we stop in the middle
-    monkeypatch.setattr(D._Encoder, "__call__", failing)
+    monkeypatch.setattr(D.DocumentEncoder, "__call__", failing)
     with pytest.raises(KeyboardInterrupt):
         build_dataset(cfg, progress=False)
     with pytest.raises(DatasetError, match="build-dataset --out-dir"):
         open_dataset(cfg.out_dir)
-    monkeypatch.setattr(D._Encoder, "__call__", real_call)
+    monkeypatch.setattr(D.DocumentEncoder, "__call__", real_call)
     ds = build_dataset(cfg, progress=False)
     assert ds.num_documents("train") + ds.num_documents("validation") == len(corpus_texts(tiny_corpus_dir))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
@@ -295,11 +295,11 @@ def test_killed_build_leaves_nothing_that_opens(tiny_corpus_dir, tmp_path):
         f"""
         import os, mamba_nb.dataset as D
         from mamba_nb.config import DataConfig
-        real = D._Encoder.__call__
+        real = D.DocumentEncoder.__call__
         def die(self, texts):
             real(self, texts)
             os._exit(3)   # like SIGKILL: no finally, no atexit
-        D._Encoder.__call__ = die
+        D.DocumentEncoder.__call__ = die
         D.build_dataset(DataConfig(source="dir", path={str(tiny_corpus_dir)!r}, vocab_size=300,
                                    validation_fraction=0.2, out_dir={str(out)!r}), progress=False)
         """

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_tokens
 
 pytest.importorskip("moto.server")
 
@@ -73,12 +74,7 @@ def remote_tiny(s3, tiny_data_config):
 
 def test_a_remote_build_holds_the_same_tokens_and_documents_as_the_local_one(remote_tiny, tiny_dataset, tmp_path):
     assert remote_tiny.path == "s3://mnb/tiny"
-    for split in ("train", "validation"):
-        n = tiny_dataset.num_tokens(split)
-        assert remote_tiny.num_tokens(split) == n
-        assert np.array_equal(remote_tiny.read(split, 0, n), tiny_dataset.read(split, 0, n))
-        assert np.array_equal(remote_tiny.doc_spans(split), tiny_dataset.doc_spans(split))
-        assert remote_tiny.sources(split) == tiny_dataset.sources(split)
+    assert_same_tokens(remote_tiny, tiny_dataset)
     assert remote_tiny.tokenizer.get_vocab() == tiny_dataset.tokenizer.get_vocab()
     assert remote_tiny.meta["settings"]["storage_options"] == redact(remote_tiny.meta["settings"]["storage_options"])
     assert secret_of(remote_tiny.meta["settings"]["storage_options"]) == "***"
