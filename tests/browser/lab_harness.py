@@ -493,11 +493,23 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def screenshot(target, name: str) -> Path:
-    """Save a PNG of a page or element under test-output/browser/ and return its path."""
+def screenshot(target, name: str, tries: int = 5) -> Path:
+    """Save a PNG of a page or element under test-output/browser/ and return its path.
+
+    An element that a live output replaces while it is photographed (notebook 04's loss plot is
+    redrawn at each validation) detaches from the page: the locator is resolved again and the
+    picture retaken, up to `tries` times."""
+    from playwright.sync_api import Error
+
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUTPUT_DIR / f"{name}.png"
-    target.screenshot(path=str(path))
+    for attempt in range(tries):
+        try:
+            target.screenshot(path=str(path))
+            break
+        except Error as err:
+            if "not attached" not in str(err) or attempt == tries - 1:
+                raise
     print(f"screenshot: {path}")
     return path
 
