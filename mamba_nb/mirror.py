@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from mamba_nb.store import Store, StoreError, fetch_file
+from mamba_nb.store import Store
 
 # The cache of remote datasets' fragments (`--dataset-cache`; "none" reads the store directly).
 DEFAULT_CACHE = "~/.cache/mamba_nb/datasets"
@@ -50,19 +50,12 @@ class Mirror:
         for rel, size in store.listing(table).items():  # the metadata: versions, transactions
             dest = self.local / rel
             if not rel.startswith("data/") and not (dest.is_file() and dest.stat().st_size == size):
-                self._fetch(rel, dest)
+                self.store.fetch(f"{self.table}/{rel}", dest)
         self.ds = lance.dataset(str(self.local))
         fragments = self.ds.get_fragments()
         self.ends = np.cumsum([f.metadata.physical_rows for f in fragments])  # row after each fragment's last
         self.files = [[f"data/{d.path}" for d in f.data_files()] for f in fragments]
         self._present: set[int] = set()
-
-    def _fetch(self, rel: str, dest: Path) -> None:
-        filesystem, root = self.store._filesystem()
-        try:
-            fetch_file(filesystem, f"{root}/{self.table}/{rel}", dest)
-        except OSError as err:
-            raise StoreError(self.store._explain(f"copying {self.table}/{rel} of", err)) from err
 
     def ensure(self, first: int, last: int) -> None:
         """Fetch the data files holding rows `first`..`last` (inclusive) that are not here yet."""
@@ -73,7 +66,7 @@ class Mirror:
                     dest = self.local / rel
                     size = self.sizes.get(rel.removeprefix("data/"))
                     if not dest.is_file() or (size is not None and dest.stat().st_size != size):
-                        self._fetch(rel, dest)
+                        self.store.fetch(f"{self.table}/{rel}", dest)
                 self._present.add(i)
 
     def ensure_rows(self, rows: np.ndarray) -> None:

@@ -282,13 +282,17 @@ class Store:
                 dest = self._path(f"{name}/{rel}" if name else rel)
                 self._call("writing", _copy_to, filesystem, path, dest)
 
+    def fetch(self, name: str, dest: Path) -> None:
+        """Copy the object `name` to the local file `dest`, renamed into place whole."""
+        filesystem, _ = self._filesystem()
+        self._call(f"copying {name} of", _fetch_file, filesystem, self._path(name), dest)
+
     def download(self, name: str, local_dir: Path) -> Path:
         """Copy the files under `name` into `local_dir` (each renamed into place whole)."""
-        filesystem, _ = self._filesystem()
         for rel in self.listing(name):
             dest = Path(local_dir) / rel
             if not dest.is_file():
-                self._call("reading", fetch_file, filesystem, self._path(f"{name}/{rel}"), dest)
+                self.fetch(f"{name}/{rel}", dest)
         return Path(local_dir)
 
 
@@ -297,7 +301,7 @@ def _copy_to(filesystem, path: Path, dest: str) -> None:
         shutil.copyfileobj(src, out, 1 << 20)
 
 
-def fetch_file(filesystem, source: str, dest: Path) -> None:
+def _fetch_file(filesystem, source: str, dest: Path) -> None:
     """Download one object to `dest` through a temporary file: readers never see half of it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
