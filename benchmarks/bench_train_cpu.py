@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_train_cpu.py --quick    # fewer steps, shorter HF-loop run
 
 The course's tiny config: hidden 256, 4 layers, state 16, vocab 8192, batch 8 x 256 tokens,
-fp32, 2 threads. Paths: Mamba-1 "fast" (mamba_nb.scan), Mamba-1 `use_mambapy=True`, Mamba-1 HF
+fp32, 2 threads. Paths: Mamba-1 "fast" (mamba_nb.scan, its recurrence in the C kernel), the same
+with the recurrence in PyTorch ops ("fast-torch", `compiled.turned_off()`), Mamba-1 `use_mambapy=True`, Mamba-1 HF
 default fallback (its O(L^2) backward: measured at batch 1 x 256, stated), and Mamba-2 on HF's
 chunked PyTorch path. Throughput is the median of several steps, the paths interleaved, so the
 other processes sharing the cores hit all of them alike. Peak RSS of a training step is measured
@@ -14,6 +15,7 @@ per path in its own subprocess. The bound: fp32 sgemm GFLOP/s measured here (med
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -21,6 +23,8 @@ import sys
 import time
 
 import torch
+
+from mamba_nb.scan import compiled
 
 THREADS = 2
 BATCH, CONTEXT, VOCAB = 8, 256, 8192
@@ -45,7 +49,7 @@ def build(path: str):
         apply_scan_path(model, "hf")  # HF's PyTorch path, which takes mambapy's pscan when asked
     else:
         model = MambaForCausalLM(MambaConfig(**MAMBA1))
-        apply_scan_path(model, path)  # "fast" | "hf"
+        apply_scan_path(model, "fast" if path == "fast-torch" else path)  # "fast" | "hf"
     return model.train()
 
 
@@ -53,7 +57,7 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())  # tied weights are counted once
 
 
-def make_step(model, context: int, batch: int = BATCH):
+def make_step(model, context: int, batch: int = BATCH, torch_recurrence: bool = False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
 
@@ -62,9 +66,10 @@ def make_step(model, context: int, batch: int = BATCH):
         ids = torch.randint(0, VOCAB, (batch, context + 1), generator=gen)
         c0 = time.process_time()
         t0 = time.perf_counter()
-        logits = model(ids[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-        loss.backward()
+        with compiled.turned_off() if torch_recurrence else contextlib.nullcontext():
+            logits = model(ids[:, :-1]).logits
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0, time.process_time() - c0
@@ -146,9 +151,9 @@ def main() -> None:
               f"{fast / hf:.1f}x (target >= 100x)")
         return
     gflops = [sgemm_gflops()]
-    paths = ["fast", "mambapy", "mamba2-tied", "mamba2-untied"]
+    paths = ["fast", "fast-torch", "mambapy", "mamba2-tied", "mamba2-untied"]
     models = {p: build(p) for p in paths}
-    steps = {p: make_step(m, CONTEXT) for p, m in models.items()}
+    steps = {p: make_step(m, CONTEXT, torch_recurrence=p == "fast-torch") for p, m in models.items()}
     for p in paths:  # warm-up: first-touch allocations, one-time probes
         steps[p]()
     times: dict[str, list[float]] = {p: [] for p in paths}
@@ -173,7 +178,9 @@ def main() -> None:
         params = n_params(models[p])
         bound = gf * 1e9 / (6 * params)
         print(f"{p:16s} {params:9,d} {tps[p]:9.0f} {bound:9.0f} {100 * tps[p] / bound:7.1f}% {tpc[p]:13.0f}")
-    print("\nratios (Mamba-1 fast against):")
+    kernel = "C kernel" if compiled.available() else f"none: {compiled.why_not()}"
+    print(f"\nratios (Mamba-1 fast, recurrence in its {kernel}, against):")
+    print(f"  its recurrence in PyTorch ops     {tps['fast'] / tps['fast-torch']:7.2f}x")
     print(f"  use_mambapy=True              {tps['fast'] / tps['mambapy']:7.1f}x   (target >= 5x; "
           f"per CPU-second {tpc['fast'] / tpc['mambapy']:.1f}x)")
     print(f"  HF default fallback           {short_tps['fast'] / short_tps['hf']:7.1f}x   "

@@ -85,8 +85,19 @@ _ARCH_DEFAULTS = {
     "llama": dict(max_position_embeddings=8192, rms_norm_eps=1e-5),
 }
 
-SCAN_NAMES = {"kernels": "fused kernels (mamba-ssm / causal-conv1d)", "fast": "PyTorch fast scan",
+SCAN_NAMES = {"kernels": "fused kernels (mamba-ssm / causal-conv1d)", "fast": "fast CPU scan",
               "hf": "PyTorch HF reference path", "attention": "none (a transformer: attention, SDPA)"}
+
+
+def scan_name(path: str) -> str:
+    """How a run names its selective-scan path; on "fast", also which recurrence runs (and why)."""
+    name = SCAN_NAMES.get(path, path)
+    if path == "fast":
+        from mamba_nb.scan import compiled
+
+        how = "its C kernel" if compiled.available() else f"PyTorch ops: {compiled.why_not()}"
+        name = f"{name}, recurrence in {how}"
+    return name
 
 
 def padded_vocab_size(tokenizer) -> int:
@@ -255,7 +266,7 @@ def build_model(cfg: ModelConfig, tokenizer, device=None, verbose: bool = True):
     if verbose:
         n = sum(p.numel() for p in model.parameters())
         print(f"model: {model.config.model_type}, {n / 1e6:.2f}M parameters, {source}; "
-              f"selective scan: {SCAN_NAMES.get(scan_path, scan_path)}")
+              f"selective scan: {scan_name(scan_path)}")
     return model, scan_path
 
 

@@ -174,7 +174,7 @@ class Trainer:
     def _load_or_build(self) -> Optional[dict]:
         """Set the model, run state and data stream; → the checkpoint's training state when resuming
         (with "from": its directory), None for a new run."""
-        from mamba_nb.model import SCAN_NAMES, build_model, load_model, model_from_config
+        from mamba_nb.model import build_model, load_model, model_from_config, scan_name
 
         cfg, d = self.cfg, self.d
         resume_from = ckpt.find_resumable(self.out) if cfg.resume else None
@@ -196,7 +196,7 @@ class Trainer:
         else:
             self.model, scan_path = load_model(resume_from, cfg.scan, self.device, trainable=True)
         self.say(f"resuming {str(resume_from)!r} at step {saved['step']} ({saved['tokens_seen']:,} tokens seen); "
-                 f"selective scan: {SCAN_NAMES.get(scan_path, scan_path)}")
+                 f"selective scan: {scan_name(scan_path)}")
         return {**saved, "from": resume_from}
 
     def _restore(self, saved: dict) -> None:

@@ -41,3 +41,21 @@ def test_cuda_extra_names_both_kernel_packages():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {_name(r) for r in project["optional-dependencies"]["cuda"]}
     assert names == {"mamba-ssm", "causal-conv1d"}
+
+
+def test_a_wheel_carries_the_scan_kernel_source(tmp_path):
+    """A non-editable install must ship scan_kernel.c, or every user falls back to the slower recurrence.
+    Built from a copy, so setuptools' build/ and egg-info land in tmp_path, not in the checkout."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "mamba_nb", src / "mamba_nb", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(src)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("mamba_nb-*.whl"))
+    assert "mamba_nb/scan/scan_kernel.c" in zipfile.ZipFile(wheel).namelist()

@@ -1,0 +1,231 @@
+"""The selective scan's recurrence as a small C kernel (`scan_kernel.c`), compiled on first use.
+
+`recurrence(dt, x, A, Bm, Cm, resets)` is a drop-in for `selective._Recurrence.apply` on CPU
+float32 tensors: the same inputs and outputs, the same numbers up to float rounding (tested
+against it), forward and backward. Where it cannot run (no C compiler, a failed build, another
+device or dtype) `available()` says why and `selective.py` keeps its PyTorch recurrence: the
+kernel is never required, and each run prints which one it uses (`scan_name`).
+
+How it is built: the system's C compiler (`$CC`, else cc, gcc or clang) compiles the one C file
+into a shared library in `~/.cache/mamba_nb/kernels/` (`MAMBA_NB_KERNEL_CACHE` elsewhere), named
+by a hash of the source, the flags, the compiler and this machine's CPU, written under a temporary
+name and renamed into place (concurrent processes and an interrupted build never load half a
+file). It is loaded with ctypes, which releases the GIL while the C code runs: Python threads
+split the batch (forward: rows and channels; backward: rows), `torch.get_num_threads()` of them.
+`MAMBA_NB_SCAN_KERNEL=0` turns it off (the PyTorch recurrence everywhere).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import contextvars
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .workspace import WORKSPACE
+
+SOURCE = Path(__file__).with_name("scan_kernel.c")
+# -ffast-math lets the compiler vectorize expf (glibc's vector math) and the sums over channels;
+# the inputs are finite and exp only sees dt * A <= 0, so nothing it relaxes matters here.
+FLAGS = ["-O3", "-ffast-math", "-fopenmp-simd", "-march=native", "-shared", "-fPIC"]
+# set by `turned_off()`: the PyTorch recurrence within (a same-run comparison, benchmarks/bench_train_cpu.py)
+_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("mamba_nb_scan_kernel_off", default=False)
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+class _Kernel:
+    """The loaded library, or why there is none."""
+
+    def __init__(self, lib: Optional[ctypes.CDLL], why_not: str = ""):
+        self.lib, self.why_not = lib, why_not
+        if lib is not None:
+            lib.scan_forward.argtypes = [_I] * 8 + [_P] * 6 + [_P, _I, _P]
+            lib.scan_forward.restype = None
+            lib.scan_backward.argtypes = [_I] * 6 + [_P] * 14
+            lib.scan_backward.restype = ctypes.c_int
+
+
+def _compiler() -> Optional[str]:
+    for name in filter(None, [os.environ.get("CC"), "cc", "gcc", "clang"]):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU model (a cache shared by machines must not mix them)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MAMBA_NB_KERNEL_CACHE", Path.home() / ".cache" / "mamba_nb" / "kernels"))
+
+
+def _build(cc: str) -> Path:
+    """Compile (or find) the library; without -march=native when the compiler refuses it."""
+    try:
+        return _build_with(cc, FLAGS)
+    except RuntimeError:
+        return _build_with(cc, [f for f in FLAGS if f != "-march=native"])
+
+
+def _build_with(cc: str, flags: list[str]) -> Path:
+    """Compile (or find) the library for this source, compiler, flags and CPU; return its path."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(), _cpu_id().encode()]))
+    target = cache_dir() / f"scan_kernel-{key.hexdigest()[:16]}{'.dll' if os.name == 'nt' else '.so'}"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".building-", suffix=target.suffix)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel() -> _Kernel:
+    if os.environ.get("MAMBA_NB_SCAN_KERNEL", "1") == "0":
+        return _Kernel(None, "turned off (MAMBA_NB_SCAN_KERNEL=0)")
+    cc = _compiler()
+    if cc is None:
+        return _Kernel(None, "no C compiler found (cc, gcc, clang or $CC)")
+    try:
+        return _Kernel(ctypes.CDLL(str(_build(cc))))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        return _Kernel(None, f"the C kernel did not build or load: {err}")
+
+
+def available() -> bool:
+    return _kernel().lib is not None
+
+
+def why_not() -> str:
+    """Why the kernel is not used ("" when it is)."""
+    return _kernel().why_not
+
+
+def runs_on(*tensors: torch.Tensor) -> bool:
+    """True when the kernel can take these tensors: CPU, float32, and the kernel built (and not turned off)."""
+    return (not _OFF.get() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and available())
+
+
+@contextlib.contextmanager
+def turned_off():
+    """Within: every scan runs the PyTorch recurrence (to compare the two in one process)."""
+    token = _OFF.set(True)
+    try:
+        yield
+    finally:
+        _OFF.reset(token)
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="mamba-nb-scan")
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    parts = max(1, min(parts, n))
+    edges = [n * i // parts for i in range(parts + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(parts)]
+
+
+def _run(jobs: list) -> list:
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    return [f.result() for f in [_pool(len(jobs)).submit(job) for job in jobs]]
+
+
+class _KernelRecurrence(torch.autograd.Function):
+    """`selective._Recurrence` (same inputs, outputs and layout) with the kernel doing the work.
+    `resets` here is a (L, B) uint8 tensor (1: start afresh) or None."""
+
+    @staticmethod
+    def forward(ctx, dt, x, A, Bm, Cm, resets):
+        L, batch, D = dt.shape
+        N = A.shape[1]
+        At = A.t().contiguous()
+        lib = _kernel().lib
+        keep = any(ctx.needs_input_grad)
+        # the states, kept for the backward; without a gradient only the running one (batch, N, D)
+        H = WORKSPACE.take((L, batch, N, D), dt) if keep else torch.empty((batch, N, D), dtype=dt.dtype)
+        y = torch.empty_like(dt)
+        threads = torch.get_num_threads()
+        # rows first; channels too when the batch is smaller than the threads (a prompt at batch 1)
+        d_parts = max(1, threads // batch) if not keep else 1
+        jobs = [functools.partial(lib.scan_forward, L, batch, N, D, b0, b1, d0, d1, _ptr(dt), _ptr(x), _ptr(At),
+                                  _ptr(Bm), _ptr(Cm), _ptr(resets), _ptr(H), batch * N * D if keep else 0, _ptr(y))
+                for b0, b1 in _split(batch, threads) for d0, d1 in _split(D, d_parts)]
+        _run(jobs)
+        last = (H[L - 1] if keep else H).transpose(1, 2).contiguous()  # (B, D, N), HF's
+        if keep:
+            ctx.save_for_backward(dt, x, At, Bm, Cm, H, resets if resets is not None else torch.empty(0))
+            ctx.has_resets = resets is not None
+            ctx.done = False
+        return y, last
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_last):
+        if ctx.done:
+            raise RuntimeError(
+                "the selective scan's backward ran twice on one graph (retain_graph=True); its buffers are reused "
+                "after the first backward. Run the forward again, or use apply_scan_path(model, 'hf')")
+        ctx.done = True
+        dt, x, At, Bm, Cm, H, resets = ctx.saved_tensors
+        resets = resets if ctx.has_resets else None
+        L, batch, D = dt.shape
+        N = At.shape[0]
+        grad_y = torch.zeros_like(dt) if grad_y is None else grad_y.contiguous()
+        grad_last = None if grad_last is None else grad_last.contiguous()
+        grad_dt, grad_x = torch.empty_like(dt), torch.empty_like(dt)
+        grad_B, grad_C = torch.empty_like(Bm), torch.empty_like(Cm)
+        parts = _split(batch, torch.get_num_threads())
+        grad_A_parts = torch.zeros((len(parts), N, D), dtype=dt.dtype)  # one per thread: the sum over rows meets
+        lib = _kernel().lib
+        jobs = [functools.partial(lib.scan_backward, L, batch, N, D, b0, b1, _ptr(dt), _ptr(x), _ptr(At), _ptr(Bm),
+                                  _ptr(Cm), _ptr(resets), _ptr(H), _ptr(grad_y), _ptr(grad_last), _ptr(grad_dt),
+                                  _ptr(grad_x), _ptr(grad_B), _ptr(grad_C), _ptr(grad_A_parts[i]))
+                for i, (b0, b1) in enumerate(parts)]
+        if any(_run(jobs)):
+            raise MemoryError("the C scan kernel could not allocate its adjoint state")
+        WORKSPACE.give(H)
+        return grad_dt, grad_x, grad_A_parts.sum(0).t(), grad_B, grad_C, None
+
+
+def recurrence(dt, x, A, Bm, Cm, reset_mask: Optional[torch.Tensor]):
+    """y (L, B, D) and the last state (B, D, N) of the recurrence; `reset_mask` (L, B) bool or None."""
+    resets = None if reset_mask is None else reset_mask.to(torch.uint8).contiguous()
+    return _KernelRecurrence.apply(dt.contiguous(), x.contiguous(), A.contiguous(), Bm.contiguous(),
+                                   Cm.contiguous(), resets)

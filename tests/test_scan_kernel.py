@@ -1,0 +1,125 @@
+"""The scan's C kernel (mamba_nb/scan/compiled.py) against the PyTorch recurrence it replaces.
+
+- property-based: random shapes (length 1 included), with and without resets at document
+  starts, with and without the final state's gradient: outputs and every gradient equal the
+  PyTorch recurrence's (float32, relative 1e-5); without a gradient, the same outputs;
+- the model still takes it (`selective_scan` dispatches to it on CPU float32, the PyTorch
+  recurrence elsewhere: float64 here) and a run names it;
+- never required: turned off, no compiler, or a compiler that fails → the PyTorch recurrence,
+  with the reason; a failed build leaves nothing in the cache that could be loaded later;
+- the cache: a second process loads the built library instead of compiling again.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mamba_nb.scan import compiled, selective_scan
+from mamba_nb.scan.selective import _Recurrence
+
+pytestmark = pytest.mark.skipif(not compiled.available(), reason=f"no scan kernel here: {compiled.why_not()}")
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def inputs(gen, L, batch, d, n):
+    dt = torch.nn.functional.softplus(torch.randn(L, batch, d, generator=gen) * 1.5)
+    x = torch.randn(L, batch, d, generator=gen)
+    A = -torch.exp(torch.randn(d, n, generator=gen))
+    Bm, Cm = torch.randn(L, batch, n, generator=gen), torch.randn(L, batch, n, generator=gen)
+    return [t.requires_grad_(True) for t in (dt, x, A, Bm, Cm)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(L=st.integers(1, 40), batch=st.integers(1, 5), d=st.integers(1, 24), n=st.integers(1, 9),
+       reset_rate=st.sampled_from([0.0, 0.1, 0.5]), grad_last=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_kernel_equals_the_pytorch_recurrence_values_and_gradients(L, batch, d, n, reset_rate, grad_last, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ins = inputs(gen, L, batch, d, n)
+    starts = torch.rand(L, batch, generator=gen) < reset_rate if reset_rate else None
+    flat = None if starts is None else starts.reshape(-1).nonzero().squeeze(1)
+    gy = torch.randn(L, batch, d, generator=gen)
+    gl = torch.randn(batch, d, n, generator=gen) if grad_last else None
+
+    def grads(y, last):  # the last state's gradient only when it has one (HF's cache does not, in training)
+        return torch.autograd.grad((y, last) if grad_last else (y,), ins, (gy, gl) if grad_last else (gy,))
+
+    y_ref, last_ref = _Recurrence.apply(*ins, flat)
+    ref = grads(y_ref, last_ref)
+    y, last = compiled.recurrence(*ins, starts)
+    got = grads(y, last)
+
+    assert rel(y, y_ref) < 1e-5 and rel(last, last_ref) < 1e-5
+    for name, g, r in zip(["dt", "x", "A", "B", "C"], got, ref):
+        assert rel(g, r) < 1e-5, name
+    with torch.no_grad():
+        y0, last0 = compiled.recurrence(*ins, starts)
+    assert rel(y0, y_ref) < 1e-5 and rel(last0, last_ref) < 1e-5
+
+
+def test_selective_scan_takes_the_kernel_for_float32_only(monkeypatch):
+    calls = []
+    real = compiled.recurrence
+    monkeypatch.setattr(compiled, "recurrence", lambda *a: calls.append(a[0].dtype) or real(*a))
+    gen = torch.Generator().manual_seed(0)
+    u, dt, z = (torch.randn(2, 6, 9, generator=gen) for _ in range(3))
+    A, B, C = -torch.rand(6, 3, generator=gen), torch.randn(2, 3, 9, generator=gen), torch.randn(2, 3, 9, generator=gen)
+    out32 = selective_scan(u, dt, A, B, C, z=z, delta_softplus=True)
+    out64 = selective_scan(u.double(), dt.double(), A.double(), B.double(), C.double(), z=z.double(), delta_softplus=True)
+    assert calls == [torch.float32]  # float64 went through the PyTorch recurrence
+    assert rel(out32.double(), out64) < 1e-5
+
+
+def test_a_second_backward_on_one_graph_is_a_clear_error():
+    ins = inputs(torch.Generator().manual_seed(0), 5, 2, 4, 3)
+    y, _ = compiled.recurrence(*ins, None)
+    y.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        y.sum().backward()
+
+
+def _fresh_kernel(monkeypatch, tmp_path, **env):
+    monkeypatch.setenv("MAMBA_NB_KERNEL_CACHE", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    compiled._kernel.cache_clear()
+    try:
+        return compiled.available(), compiled.why_not()
+    finally:
+        compiled._kernel.cache_clear()  # the next test sees this machine's kernel again
+
+
+def test_turned_off_it_says_so(monkeypatch, tmp_path):
+    assert _fresh_kernel(monkeypatch, tmp_path, MAMBA_NB_SCAN_KERNEL="0") == (False, "turned off (MAMBA_NB_SCAN_KERNEL=0)")
+
+
+def test_without_a_compiler_the_pytorch_recurrence_runs(monkeypatch, tmp_path):
+    monkeypatch.setattr(compiled, "_compiler", lambda: None)
+    ok, why = _fresh_kernel(monkeypatch, tmp_path)
+    assert not ok and "no C compiler" in why
+
+
+def test_a_failing_compiler_falls_back_and_leaves_nothing_loadable(monkeypatch, tmp_path):
+    ok, why = _fresh_kernel(monkeypatch, tmp_path, CC="false")
+    assert not ok and "did not build" in why
+    assert list(tmp_path.iterdir()) == []  # no half-written library under any name
+
+
+def test_a_second_process_loads_the_cached_library(tmp_path):
+    code = ("import sys, time; from mamba_nb.scan import compiled; t = time.perf_counter(); "
+            "ok = compiled.available(); print(ok, time.perf_counter() - t)")
+    env = {**os.environ, "MAMBA_NB_KERNEL_CACHE": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    built = sorted(p.name for p in tmp_path.iterdir())
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert first.stdout.split()[0] == second.stdout.split()[0] == "True"
+    assert len(built) == 1 and built[0].startswith("scan_kernel-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == built  # loaded, not rebuilt under another name
