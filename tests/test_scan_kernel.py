@@ -7,7 +7,9 @@
   recurrence elsewhere: float64 here) and a run names it;
 - never required: turned off, no compiler, or a compiler that fails → the PyTorch recurrence,
   with the reason; a failed build leaves nothing in the cache that could be loaded later;
-- the cache: a second process loads the built library instead of compiling again.
+- the cache: a second process loads the built library instead of compiling again;
+- loading it leaves the process's floating point alone (no flush of subnormals to zero, which a
+  library linked with -ffast-math would switch on for every op after it).
 """
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ from hypothesis import strategies as st
 from mamba_nb.scan import compiled, selective_scan
 from mamba_nb.scan.selective import _Recurrence
 
-pytestmark = pytest.mark.skipif(not compiled.available(), reason=f"no scan kernel here: {compiled.why_not()}")
+if not compiled.available():
+    if os.environ.get("MAMBA_NB_REQUIRE_SCAN_KERNEL") == "1":  # CI installs a compiler: the kernel must build
+        raise RuntimeError(f"MAMBA_NB_REQUIRE_SCAN_KERNEL=1 but the scan kernel is unavailable: {compiled.why_not()}")
+    pytest.skip(f"no scan kernel here: {compiled.why_not()}", allow_module_level=True)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -123,3 +128,12 @@ def test_a_second_process_loads_the_cached_library(tmp_path):
     assert first.stdout.split()[0] == second.stdout.split()[0] == "True"
     assert len(built) == 1 and built[0].startswith("scan_kernel-")
     assert sorted(p.name for p in tmp_path.iterdir()) == built  # loaded, not rebuilt under another name
+
+
+def test_loading_the_kernel_keeps_subnormal_floats(tmp_path):
+    code = ("from mamba_nb.scan import compiled; import sys, torch; assert compiled.available(); "
+            "tiny = torch.tensor([1e-40], dtype=torch.float32); "
+            "print(float((tiny * 1.0)[0]) > 0, sys.float_info.min / 2 > 0)")
+    env = {**os.environ, "MAMBA_NB_KERNEL_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

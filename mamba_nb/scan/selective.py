@@ -35,7 +35,7 @@ empty, zeros_like.
 
 On CPU in float32 the recurrence itself runs in a small C kernel instead (`compiled.py`, built on
 first use with the system's C compiler): the same function, with each (row, channel)'s state kept
-in cache instead of a dozen passes over the (L, B, N, D) tensors, 1.38x the course step's speed
+in cache instead of a dozen passes over the (L, B, N, D) tensors, 1.38-1.47x the course step's speed
 (benchmarks/bench_train_cpu.py). `_Recurrence` below is what runs everywhere else (GPU, float64,
 no compiler) and what the kernel is tested against.
 
