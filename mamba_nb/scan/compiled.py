@@ -32,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from .workspace import WORKSPACE
+from .workspace import WORKSPACE, backward_once
 
 SOURCE = Path(__file__).with_name("scan_kernel.c")
 # -ffast-math lets the compiler vectorize expf (glibc's vector math) and the sums over channels;
@@ -203,11 +203,7 @@ class _KernelRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
-        if ctx.done:
-            raise RuntimeError(
-                "the selective scan's backward ran twice on one graph (retain_graph=True); its buffers are reused "
-                "after the first backward. Run the forward again, or use apply_scan_path(model, 'hf')")
-        ctx.done = True
+        backward_once(ctx)
         dt, x, At, Bm, Cm, H, resets = ctx.saved_tensors
         resets = resets if ctx.has_resets else None
         L, batch, D = dt.shape

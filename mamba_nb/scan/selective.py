@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from . import compiled
-from .workspace import WORKSPACE
+from .workspace import WORKSPACE, backward_once
 
 
 
@@ -115,12 +115,7 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
-        if ctx.done:
-            raise RuntimeError(
-                "the fast selective scan's backward ran twice on one graph (retain_graph=True); its buffers "
-                "are reused after the first backward. Run the forward again, or use apply_scan_path(model, 'hf')"
-            )
-        ctx.done = True
+        backward_once(ctx)
         dt, x, At, Bm, Cm, dtx, H, decay = ctx.saved_tensors
         L, batch, D = dt.shape
         N = At.shape[0]

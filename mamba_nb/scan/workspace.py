@@ -1,4 +1,5 @@
-"""Big scratch tensors kept across training steps (the scan's (L, B, N, D) states), on CPU."""
+"""Big scratch tensors kept across training steps (the scan's (L, B, N, D) states), on CPU, and the
+guard that no backward reads them after they went back."""
 from __future__ import annotations
 
 import threading
@@ -44,3 +45,14 @@ class _Workspace:
 
 
 WORKSPACE = _Workspace()
+
+
+def backward_once(ctx) -> None:
+    """Refuse a second backward through one graph: the buffers it reads went back to the workspace
+    after the first (and may hold another step's states by now)."""
+    if ctx.done:
+        raise RuntimeError(
+            "the fast selective scan's backward ran twice on one graph (retain_graph=True); its buffers "
+            "are reused after the first backward. Run the forward again, or use apply_scan_path(model, 'hf')"
+        )
+    ctx.done = True
