@@ -39,6 +39,8 @@ CANDIDATES: dict[str, tuple[str, list[str], int | None, dict]] = {
                   ["--fim-region-lines", "0", "--line-hole-rate", "0"], None, {}),
     "fim-0.5": ("half the regions transformed (fim_rate 0.5, from 0.9): more plain code read in order",
                 ["--fim-rate", "0.5"], None, {}),
+    "fim-0.7-lr-6e-3": ("fim_rate 0.7 and learning rate 6e-3: more plain code, learned faster",
+                        ["--fim-rate", "0.7", "--lr", "6e-3"], None, {}),
     "mamba2": ("Mamba-2 (state 64, HF's chunked scan)", ["--arch", "mamba2"], None, {}),
     "llama": ("a same-size transformer (HF Llama, SDPA attention)", ["--arch", "llama"], None, {}),
     "wide": ("hidden 384 (from 256)", ["--hidden-size", "384"], None, {}),
