@@ -137,3 +137,19 @@ def test_loading_the_kernel_keeps_subnormal_floats(tmp_path):
     env = {**os.environ, "MAMBA_NB_KERNEL_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_without_a_gradient_no_state_buffer_is_taken(monkeypatch):
+    """Inference keeps only the running state: no (L, B, N, D) tensor, which at a long prompt is most of
+    the memory (and one that nothing would hand back to the workspace)."""
+    from mamba_nb.scan import workspace
+
+    taken = []
+    real = workspace.WORKSPACE.take
+    monkeypatch.setattr(workspace.WORKSPACE, "take", lambda shape, like: taken.append(shape) or real(shape, like))
+    ins = inputs(torch.Generator().manual_seed(0), 7, 2, 5, 3)
+    with torch.no_grad():
+        compiled.recurrence(*ins, None)
+    assert taken == []
+    compiled.recurrence(*ins, None)
+    assert taken == [(7, 2, 3, 5)]

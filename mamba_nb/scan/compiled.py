@@ -173,32 +173,35 @@ def _run(jobs: list) -> list:
     return [f.result() for f in [_pool(len(jobs)).submit(job) for job in jobs]]
 
 
+def _forward(dt, x, At, Bm, Cm, resets, keep: bool):
+    """y (L, B, D), the last state (B, D, N), and all states (L, B, N, D) when `keep` (else None)."""
+    L, batch, D = dt.shape
+    N = At.shape[0]
+    lib = _kernel().lib
+    # the states, kept for the backward; without a gradient only the running one (batch, N, D)
+    H = WORKSPACE.take((L, batch, N, D), dt) if keep else torch.empty((batch, N, D), dtype=dt.dtype)
+    y = torch.empty_like(dt)
+    threads = torch.get_num_threads()
+    # rows first; channels too when the batch is smaller than the threads (a prompt at batch 1)
+    d_parts = max(1, threads // batch) if not keep else 1
+    _run([functools.partial(lib.scan_forward, L, batch, N, D, b0, b1, d0, d1, _ptr(dt), _ptr(x), _ptr(At),
+                            _ptr(Bm), _ptr(Cm), _ptr(resets), _ptr(H), batch * N * D if keep else 0, _ptr(y))
+          for b0, b1 in _split(batch, threads) for d0, d1 in _split(D, d_parts)])
+    last = (H[L - 1] if keep else H).transpose(1, 2).contiguous()  # (B, D, N), HF's
+    return y, last, H if keep else None
+
+
 class _KernelRecurrence(torch.autograd.Function):
     """`selective._Recurrence` (same inputs, outputs and layout) with the kernel doing the work.
     `resets` here is a (L, B) uint8 tensor (1: start afresh) or None."""
 
     @staticmethod
     def forward(ctx, dt, x, A, Bm, Cm, resets):
-        L, batch, D = dt.shape
-        N = A.shape[1]
         At = A.t().contiguous()
-        lib = _kernel().lib
-        keep = any(ctx.needs_input_grad)
-        # the states, kept for the backward; without a gradient only the running one (batch, N, D)
-        H = WORKSPACE.take((L, batch, N, D), dt) if keep else torch.empty((batch, N, D), dtype=dt.dtype)
-        y = torch.empty_like(dt)
-        threads = torch.get_num_threads()
-        # rows first; channels too when the batch is smaller than the threads (a prompt at batch 1)
-        d_parts = max(1, threads // batch) if not keep else 1
-        jobs = [functools.partial(lib.scan_forward, L, batch, N, D, b0, b1, d0, d1, _ptr(dt), _ptr(x), _ptr(At),
-                                  _ptr(Bm), _ptr(Cm), _ptr(resets), _ptr(H), batch * N * D if keep else 0, _ptr(y))
-                for b0, b1 in _split(batch, threads) for d0, d1 in _split(D, d_parts)]
-        _run(jobs)
-        last = (H[L - 1] if keep else H).transpose(1, 2).contiguous()  # (B, D, N), HF's
-        if keep:
-            ctx.save_for_backward(dt, x, At, Bm, Cm, H, resets if resets is not None else torch.empty(0))
-            ctx.has_resets = resets is not None
-            ctx.done = False
+        y, last, H = _forward(dt, x, At, Bm, Cm, resets, keep=True)
+        ctx.save_for_backward(dt, x, At, Bm, Cm, H, resets if resets is not None else torch.empty(0))
+        ctx.has_resets = resets is not None
+        ctx.done = False
         return y, last
 
     @staticmethod
@@ -228,5 +231,10 @@ class _KernelRecurrence(torch.autograd.Function):
 def recurrence(dt, x, A, Bm, Cm, reset_mask: Optional[torch.Tensor]):
     """y (L, B, D) and the last state (B, D, N) of the recurrence; `reset_mask` (L, B) bool or None."""
     resets = None if reset_mask is None else reset_mask.to(torch.uint8).contiguous()
-    return _KernelRecurrence.apply(dt.contiguous(), x.contiguous(), A.contiguous(), Bm.contiguous(),
-                                   Cm.contiguous(), resets)
+    inputs = [t.contiguous() for t in (dt, x, A, Bm, Cm)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _KernelRecurrence.apply(*inputs, resets)
+    # no graph will be kept (inference, evaluation): only the running state, no (L, B, N, D) buffer
+    dt, x, A, Bm, Cm = inputs
+    y, last, _ = _forward(dt, x, A.t().contiguous(), Bm, Cm, resets, keep=False)
+    return y, last
