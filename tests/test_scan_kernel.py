@@ -153,3 +153,18 @@ def test_without_a_gradient_no_state_buffer_is_taken(monkeypatch):
     assert taken == []
     compiled.recurrence(*ins, None)
     assert taken == [(7, 2, 3, 5)]
+
+
+def test_a_compiler_refusing_the_tuned_flags_builds_with_plain_ones(monkeypatch, tmp_path):
+    """Some compilers (older Apple clang on arm64) refuse -march=native or -fopenmp-simd: the kernel is
+    then built without them rather than not at all."""
+    import shutil
+
+    picky = tmp_path / "picky-cc"
+    picky.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in -march=native|-fopenmp-simd) exit 1;; esac; done\n'
+                     f'exec {shutil.which("cc") or shutil.which("gcc")} "$@"\n')
+    picky.chmod(0o755)
+    cache = tmp_path / "cache"
+    ok, why = _fresh_kernel(monkeypatch, cache, CC=str(picky))
+    assert ok, why
+    assert len(list(cache.glob("scan_kernel-*.so"))) == 1

@@ -83,11 +83,11 @@ def cache_dir() -> Path:
 
 
 def _build(cc: str) -> Path:
-    """Compile (or find) the library; without -march=native when the compiler refuses it."""
+    """Compile (or find) the library; with plain flags when the compiler refuses the tuned ones."""
     try:
         return _build_with(cc, FLAGS)
     except RuntimeError:
-        return _build_with(cc, [f for f in FLAGS if f != "-march=native"])
+        return _build_with(cc, [f for f in FLAGS if f not in ("-march=native", "-fopenmp-simd")])
 
 
 def _build_with(cc: str, flags: list[str]) -> Path:
