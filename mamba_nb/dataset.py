@@ -37,7 +37,7 @@ import pyarrow as pa
 from mamba_nb.config import DataConfig, to_dict
 from mamba_nb.corpus import Corpus, Document, corpus_from_config
 from mamba_nb.mirror import Mirror, cache_dir
-from mamba_nb.split import SPLITS, is_validation, split_documents  # noqa: F401  (split_documents: re-exported)
+from mamba_nb.split import SPLITS, is_validation
 from mamba_nb.store import Store, StoreError, resolve_options
 from mamba_nb.tokenizer import DocumentEncoder, FimTokens, load_hf_tokenizer, token_dtype, train_bpe, vocab_size_of
 

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 import mamba_nb.dataset as D
 from conftest import BINARY_NAME, LATIN1_NAME, SPECIAL_TEXT_NAME, TINY_VALIDATION_FRACTION, plain_tokenizer_dir
 from mamba_nb.corpus import FileCorpus
-from mamba_nb.dataset import DatasetError, build_dataset, open_dataset, schema_metadata, split_documents
+from mamba_nb.dataset import DatasetError, build_dataset, open_dataset, schema_metadata
+from mamba_nb.split import split_documents
 from mamba_nb.tokenizer import SPECIAL_TOKENS
 
 

@@ -55,8 +55,6 @@ from . import compiled
 from .workspace import WORKSPACE, backward_once
 
 
-
-
 @contextlib.contextmanager
 def _one_thread(device: torch.device):
     """Run the per-step loop on one CPU thread.
