@@ -42,6 +42,29 @@ def test_installed_transformers_is_in_the_supported_range():
     )
 
 
+def test_an_untested_transformers_is_refused_with_the_tested_range_and_the_fix(monkeypatch):
+    """The check reads `transformers.__version__` at call time: a stand-in module in sys.modules plays a
+    release that is not in the range (transformers itself is not touched)."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(__version__="5.25.0"))
+    with pytest.raises(ScanPathError) as err:
+        patch.check_transformers_version()
+    message = str(err.value)
+    assert "transformers 5.25.0" in message and f"transformers{SUPPORTED_TRANSFORMERS}" in message
+    assert f"pip install 'transformers{SUPPORTED_TRANSFORMERS}'" in message
+
+
+def test_the_declared_range_is_the_tested_range():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    declared = next(r for r in project["dependencies"] if r.startswith("transformers"))
+    assert SpecifierSet(declared.removeprefix("transformers")) == SpecifierSet(SUPPORTED_TRANSFORMERS)
+
+
 @pytest.mark.parametrize("module, mixer", [(modeling_mamba, "MambaMixer"), (modeling_mamba2, "Mamba2Mixer")])
 def test_routed_functions_exist_and_unwrap_to_pytorch(module, mixer):
     routed = patch._ROUTED[module.__name__]

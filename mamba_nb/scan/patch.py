@@ -1,6 +1,6 @@
 """How the selective-scan path is chosen and plugged into HF's Mamba models, per mixer, in place.
 
-HF `transformers` (>= 5.24, < 6) builds each `MambaMixer.forward` / `Mamba2Mixer.forward` around
+HF `transformers` (5.24) builds each `MambaMixer.forward` / `Mamba2Mixer.forward` around
 a few module-level functions of its modeling file (`mamba_selective_scan`, `mamba_inner_fn`, the
 causal-conv1d pair, ...). Each is decided once, at import: the `mamba-ssm`/`causal-conv1d`
 kernel when those import, else HF's PyTorch reference. We keep HF's forward (projections, conv,
@@ -22,8 +22,9 @@ actually reach the chosen path. A transformers release that renames or bypasses 
 therefore fails loudly here (and in tests/test_scan_contract.py) instead of silently falling
 back to the slow loop.
 
-Supported: transformers 5.24 (tested). 5.15-5.23 have the same function names but not the same
-surroundings (5.15 fails tests/test_scan_contract.py: other cache field, other forward wrapper);
+Supported: transformers 5.24 (tested; `check_transformers_version` refuses any other release with
+the one-line fix, and pyproject.toml's range is capped the same). 5.15-5.23 have the same function
+names but not the same surroundings (5.15 fails tests/test_scan_contract.py: other cache field, other forward wrapper);
 5.0-5.14 have `MambaMixer.slow_forward` instead. Widen SUPPORTED_TRANSFORMERS only after running
 the contract tests on the new version.
 
@@ -65,7 +66,7 @@ from .conv import causal_conv1d, causal_conv1d_kernel
 from .selective import selective_scan, selective_state_update
 
 SCAN_CHOICES = ("auto", "kernels", "fast", "hf")
-SUPPORTED_TRANSFORMERS = ">=5.24,<6"
+SUPPORTED_TRANSFORMERS = ">=5.24.0,<5.25"
 INSTALL_KERNELS = (
     "the CUDA kernels need `mamba-ssm` and `causal-conv1d`: on a CUDA machine run "
     "`pip install -e '.[cuda]' --no-build-isolation` (see README, GPU)"
@@ -259,6 +260,19 @@ def _install_dispatch(module_name: str) -> None:
         setattr(mod, name, dispatch)
 
 
+def check_transformers_version() -> None:
+    """Refuse, before touching it, a transformers release these internals were not tested on."""
+    import transformers
+    from packaging.specifiers import SpecifierSet
+
+    if transformers.__version__ not in SpecifierSet(SUPPORTED_TRANSFORMERS):
+        raise ScanPathError(
+            f"transformers {transformers.__version__} is installed, but mamba_nb's scan paths are tested only on "
+            f"transformers{SUPPORTED_TRANSFORMERS} (they plug into its modeling module's internals). Fix: "
+            f"`pip install 'transformers{SUPPORTED_TRANSFORMERS}'`, or `make setup` in a fresh clone (the lock)"
+        )
+
+
 @functools.lru_cache(maxsize=None)
 def kernels_available() -> bool:
     """True when `mamba_ssm` and `causal_conv1d` (the CUDA kernels HF uses) both import."""
@@ -351,6 +365,7 @@ def apply_scan_path(model: nn.Module, scan: str = "auto") -> str:
     """
     if scan not in SCAN_CHOICES:
         raise ValueError(f"scan={scan!r} is not one of {SCAN_CHOICES}; use 'auto' unless comparing paths")
+    check_transformers_version()
     mixers = _mixers(model)
     if not mixers:
         raise TypeError(
