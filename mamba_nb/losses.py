@@ -52,15 +52,10 @@ def validation_losses(model, ds, window, batch_size: int, eval_windows: int, dev
     the validation split, laid out and read as `window` (a `WindowConfig`: context_len, FIM settings,
     seed, reset_at_documents) says.
 
-    The same windows every time (a fixed seed and epoch 0), split over the ranks of `d` (a
-    `runtime.Dist`); losses are token-weighted means over all of them.
+    The same windows every time (a fixed seed and epoch 0): the first `eval_windows` of the whole
+    split's order, whatever the number of ranks, dealt over the ranks of `d` (a `runtime.Dist`) by
+    `validation_totals`; losses are token-weighted means over all of them.
     """
-    from dataclasses import replace
-
-    from mamba_nb.tokenizer import text_bytes_per_token
-    from mamba_nb.windows import make_loader
-
-    byte_counts = torch.from_numpy(text_bytes_per_token(ds.tokenizer))
     out = {}
     was_training = model.training
     model.eval()
@@ -68,28 +63,8 @@ def validation_losses(model, ds, window, batch_size: int, eval_windows: int, dev
     # shifting the training run's random stream (exact resume depends on it)
     with torch.random.fork_rng(devices=[]):
         for key, fim_rate in (("val_loss", 0.0), ("val_fim_loss", 1.0)):
-            loader, _ = make_loader(ds, "validation", replace(window, fim_rate=fim_rate), batch_size,
-                                    num_workers=0, shuffle=True, rank=d.rank, world_size=d.world_size, epoch=0)
-            per_rank = max(1, eval_windows // d.world_size)
-            total = torch.zeros(3, dtype=torch.float64, device=device)  # (loss sum, tokens, bytes of text)
-            seen = 0
-            for batch in loader:
-                if seen >= per_rank:
-                    break
-                take = min(per_rank - seen, batch["input_ids"].shape[0])
-                seen += take
-                x = batch["input_ids"][:take].to(device)
-                y = batch["targets"][:take].to(device)
-                if fim_rate > 0:
-                    y = fim_loss_targets(y, batch["middle_mask"][:take].to(device))
-                doc_starts = batch["doc_starts"][:take].to(device) if window.reset_at_documents else None
-                with autocast(device):
-                    logits = model_logits(model, x, doc_starts)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
-                                       reduction="sum")
-                scored = y[y != IGNORE_INDEX].cpu()
-                total += torch.stack([loss.double(), torch.tensor(float(len(scored)), device=device),
-                                      byte_counts[scored].sum().double().to(device)])
+            total = validation_totals(model, ds, window, fim_rate, batch_size, eval_windows, device,
+                                      d.rank, d.world_size)
             if d.on:
                 import torch.distributed as dist
 
@@ -99,3 +74,44 @@ def validation_losses(model, ds, window, batch_size: int, eval_windows: int, dev
                 out["val_bpb"] = float(total[0] / (total[2] * math.log(2))) if total[2] > 0 else float("nan")
     model.train(was_training)
     return out
+
+
+def validation_totals(model, ds, window, fim_rate: float, batch_size: int, eval_windows: int,
+                      device: torch.device, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's share of the validation sums: (loss sum, tokens scored, bytes of their text), float64.
+
+    Summed over the ranks they are one process's sums: the first `eval_windows` windows of the
+    split's one order (read as rank 0 of 1), dealt round-robin, batch by batch. (Sharding the split
+    itself would round it down to a multiple of the ranks: other windows than one process reads.)
+    Every rank runs the same number of forwards, as FSDP's collectives need: a rank left without a
+    window in the last batch scores one with weight 0.
+    """
+    from dataclasses import replace
+
+    from mamba_nb.tokenizer import text_bytes_per_token
+    from mamba_nb.windows import make_loader
+
+    byte_counts = torch.from_numpy(text_bytes_per_token(ds.tokenizer))
+    loader, _ = make_loader(ds, "validation", replace(window, fim_rate=fim_rate), batch_size * world_size,
+                            num_workers=0, shuffle=True, rank=0, world_size=1, epoch=0)
+    total = torch.zeros(3, dtype=torch.float64, device=device)
+    seen = 0
+    for batch in loader:
+        if seen >= eval_windows:
+            break
+        take = min(eval_windows - seen, batch["input_ids"].shape[0])
+        seen += take
+        mine, weight = torch.arange(rank, max(rank, take), world_size), 1.0
+        if len(mine) == 0:
+            mine, weight = torch.tensor([0]), 0.0
+        x, y = batch["input_ids"][mine].to(device), batch["targets"][mine].to(device)
+        if fim_rate > 0:
+            y = fim_loss_targets(y, batch["middle_mask"][mine].to(device))
+        doc_starts = batch["doc_starts"][mine].to(device) if window.reset_at_documents else None
+        with autocast(device):
+            logits = model_logits(model, x, doc_starts)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        scored = y[y != IGNORE_INDEX].cpu()
+        total += weight * torch.stack([loss.double(), torch.tensor(float(len(scored)), device=device),
+                                       byte_counts[scored].sum().double().to(device)])
+    return total
