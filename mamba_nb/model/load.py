@@ -1,7 +1,9 @@
-"""The model: Hugging Face `MambaForCausalLM` (Mamba-1) or `Mamba2ForCausalLM`, by size preset.
+"""The HF-based model path: Hugging Face `MambaForCausalLM` (Mamba-1) or `Mamba2ForCausalLM`, by size preset.
 
 Because the model *is* the HF class, a checkpoint saved here loads anywhere
 `transformers` runs, and a public `state-spaces/mamba-*-hf` checkpoint fine-tunes here.
+(Our own Mamba-1/Mamba-2 code, in the same format, sits beside it in this package:
+`mamba1.py`, `mamba2.py`, `hf_format.py`; training does not use it yet.)
 
 - `PRESETS`: named sizes. `micro` (tests), `tiny` (the CPU course), and the public
   checkpoint sizes `130m` ... `2.8b` (Mamba-1 numbers from `state-spaces/mamba-*-hf`;
@@ -16,7 +18,7 @@ Because the model *is* the HF class, a checkpoint saved here loads anywhere
   weights (an FSDP checkpoint's weights are in its shards: `fsdp.py`).
 
 Not here: the training loop and the optimizer (`train.py`), checkpoint files beyond
-`save_pretrained` (`checkpoint.py`), the scan implementations themselves (`scan.py`).
+`save_pretrained` (`checkpoint.py`), the scan implementations themselves (`scan/`).
 """
 from __future__ import annotations
 
