@@ -249,3 +249,16 @@ def test_a_second_backward_on_one_graph_is_a_clear_error():
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         out.sum().backward()
+
+
+def test_the_workspace_never_pools_an_inference_tensor():
+    """A scan run under torch.inference_mode (generation) hands back buffers autograd can never use
+    again: pooled, the next training step that borrowed one would crash in its backward."""
+    from mamba_nb.scan.workspace import _Workspace
+
+    pool, like = _Workspace(), torch.zeros(1)
+    with torch.inference_mode():
+        made_in_inference = torch.zeros(4, 3)
+    pool.give(made_in_inference, torch.zeros(2, 3))
+    assert not pool.take((4, 3), like).is_inference() and pool.take((4, 3), like) is not made_in_inference
+    assert pool.take((2, 3), like).shape == (2, 3)  # the ordinary one was kept

@@ -54,3 +54,34 @@ def tiny_model(arch: str, tokenizer, seed: int = 0):
         model = Mamba2ForCausalLM(Mamba2Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, state_size=8,
                                                num_heads=4, head_dim=16, n_groups=1, chunk_size=16))
     return model.eval()
+
+
+def hf_mamba(arch: str, seed: int = 0, **overrides):
+    """A tiny HF `MambaForCausalLM` / `Mamba2ForCausalLM` (fp32, eval mode) with seeded random weights
+    moved away from their init (A, dt, D and the norms vary per channel; the embeddings are larger),
+    so logits, states and greedy tokens differ from position to position. `overrides`: config fields."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(seed)
+    if arch == "mamba":
+        fields = dict(vocab_size=61, hidden_size=16, num_hidden_layers=2, state_size=4, conv_kernel=4)
+        fields.update(overrides)
+        model = MambaForCausalLM(MambaConfig(**fields))
+    else:
+        fields = dict(vocab_size=61, hidden_size=16, num_hidden_layers=2, state_size=4, head_dim=8, num_heads=4,
+                      n_groups=2, chunk_size=8, eos_token_id=None)
+        fields.update(overrides)
+        model = Mamba2ForCausalLM(Mamba2Config(**fields))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log") or name.endswith("dt_proj.bias") or name.endswith("dt_bias"):
+                p.add_(0.5 * torch.randn_like(p))
+            elif name.endswith(".D") or name.endswith("norm.weight") or name.endswith("norm_f.weight"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif "embeddings" in name:
+                p.normal_(0, 1.0)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.1)
+            elif p.dim() == 2:  # the projections: strong enough that the mixers, not the tied embedding, decide
+                p.normal_(0, 2.0 / p.shape[1] ** 0.5)
+    return model.eval()

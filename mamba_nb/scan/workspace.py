@@ -32,7 +32,9 @@ class _Workspace:
 
     def give(self, *tensors: torch.Tensor) -> None:
         for t in tensors:
-            if t.device.type != "cpu":
+            # an inference tensor (made under torch.inference_mode) can never join autograd again:
+            # pooled, it would crash the next training step that borrows it
+            if t.device.type != "cpu" or t.is_inference():
                 continue
             with self._lock:
                 held = sum(b.numel() * b.element_size() for bucket in self._free.values() for b in bucket)
