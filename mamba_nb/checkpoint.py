@@ -6,6 +6,8 @@ Layout of a run directory (`TrainConfig.out_dir`):
         config.json, model.safetensors, tokenizer files   (HF save_pretrained: loads anywhere)
         training_state.pt        optimizer, schedule, data position, RNG states, step, tokens_seen
         run_config.yaml          the TrainConfig that wrote it
+        metrics.jsonl            the run's metrics up to this step: a resume restores the run's
+                                 own metrics.jsonl from it when that one was deleted or cut short
         shards/                  FSDP runs only: each rank's share of the model and the optimizer
                                  (torch.distributed.checkpoint); training_state.pt then holds no
                                  optimizer, and model.safetensors is there after the run's final
@@ -112,18 +114,22 @@ def _free(path: Path) -> str:
         return "unknown"
 
 
-def _write_run_files(tmp: Path, tokenizer, state: dict, run_config: dict) -> None:
+def _write_run_files(tmp: Path, tokenizer, state: dict, run_config: dict, out_dir: Path) -> None:
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / STATE_FILE)
     (tmp / RUN_CONFIG_FILE).write_text(yaml.safe_dump(run_config, sort_keys=False))
+    metrics = Path(out_dir) / METRICS_FILE
+    if metrics.is_file():  # the record `runlog.RunLog` rebuilds a lost metrics.jsonl from
+        shutil.copyfile(metrics, tmp / METRICS_FILE)
 
 
 def save_checkpoint(out_dir, model, tokenizer, state: dict, run_config: dict) -> Path:
-    """Write `<out_dir>/latest/`: HF model + tokenizer, `training_state.pt`, `run_config.yaml`."""
+    """Write `<out_dir>/latest/`: HF model + tokenizer, `training_state.pt`, `run_config.yaml`, and
+    a copy of the run's `metrics.jsonl`."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
-        _write_run_files(tmp, tokenizer, state, run_config)
+        _write_run_files(tmp, tokenizer, state, run_config, out_dir)
 
     return write_dir_atomically(Path(out_dir) / LATEST, write)
 
@@ -159,7 +165,7 @@ def save_sharded_checkpoint(out_dir, main: bool, write_shards: Callable[[Path], 
             model.config.save_pretrained(tmp)  # the architecture; the weights are in the shards
         else:
             model.save_pretrained(tmp, state_dict=weights)
-        _write_run_files(tmp, tokenizer, state, run_config)
+        _write_run_files(tmp, tokenizer, state, run_config, out_dir)
 
     return write_dir_atomically(final, write, filled=True)
 

@@ -13,11 +13,17 @@ A file that is binary (holds a NUL byte) or not valid UTF-8 is skipped, and so i
 empty document; each pass counts them in `corpus.skipped`, which reaches the dataset's
 summary. Every iteration is a fresh pass (the dataset build makes two).
 
+A `FileCorpus` describes itself with a `fingerprint` of its files (count, bytes, and a hash of
+each path, size and modification time: a stat per file, nothing read), and the stdlib also
+with the interpreter's version, so the dataset build notices a corpus that changed since.
+
 This module does not tokenize, split into train/validation, or store anything.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import platform
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,8 +186,27 @@ class FileCorpus(Corpus):
                 continue
             yield Document(text, source)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The files as they are now, cheaply: how many, their bytes, and a hash of each one's path,
+        size and modification time (a stat per file; nothing is read)."""
+        digest, total = hashlib.sha256(), 0
+        for path in self.files:
+            try:
+                st = path.stat()
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:  # gone since the glob: a change like any other
+                size, mtime = -1, -1
+            total += max(size, 0)
+            name = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+            digest.update(f"{name}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+        return {"files": len(self.files), "bytes": total, "hash": digest.hexdigest()[:16]}
+
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "path": str(self.root), "patterns": self.patterns, "files": len(self.files)}
+        found = {"path": str(self.root), "patterns": self.patterns, "files": len(self.files),
+                 "fingerprint": self.fingerprint()}
+        if self.kind == "stdlib":  # what reuse checks instead of globbing the stdlib again (`changed_since`)
+            found["python"] = platform.python_version()
+        return {**super().describe(), **found}
 
 
 def stdlib_root() -> Path:
@@ -316,6 +341,36 @@ def _corpus_of(cfg) -> Corpus:
             cfg.path, cfg.hf_text_column, cfg.hf_split, cfg.hf_config, cfg.hf_streaming, cfg.max_documents
         )
     raise AssertionError(f"source {cfg.source!r}: DataConfig allows no other")
+
+
+def changed_since(built: dict[str, Any], cfg, corpus: Optional[Corpus] = None) -> Optional[str]:
+    """How the corpus differs from the one a dataset was built from (`built`: its `describe()` then),
+    in a phrase; None when it is the same or cannot be compared (an HF corpus, a dataset that
+    predates fingerprints). `corpus`: the one the build was given, else the one `cfg` names.
+
+    The stdlib is compared by the interpreter's version (globbing it again costs most of a second);
+    a directory by its files' fingerprint."""
+    if "fingerprint" not in built:
+        return None
+    if corpus is None and built.get("kind") == "stdlib":
+        now = platform.python_version()
+        then = built.get("python")
+        return None if then in (None, now) else f"Python {then}'s standard library then, {now}'s now"
+    if corpus is None:
+        if built.get("kind") != "dir":
+            return None
+        try:
+            corpus = corpus_from_config(cfg)
+        except CorpusError as err:
+            return f"it cannot be read now: {err}"
+    if not isinstance(corpus, FileCorpus):
+        return None
+    then, now = built["fingerprint"], corpus.fingerprint()
+    if now == then:
+        return None
+    what = ("files added or removed" if now["files"] != then["files"] else
+            "files changed in size" if now["bytes"] != then["bytes"] else "files modified (the same count and size)")
+    return f"{then['files']:,} files of {then['bytes']:,} bytes then, {now['files']:,} of {now['bytes']:,} now: {what}"
 
 
 HUB_PROBE_S = 3.0  # how long to wait for the Hub's server to answer before saying it is unreachable

@@ -11,7 +11,8 @@ On disk (`out_dir/`, a directory or an object-store prefix such as s3://bucket/c
 `build_dataset(cfg)` streams: documents are read, assigned to a split, tokenized in
 batches and written as they come, so memory stays flat whatever the corpus size. It is
 deterministic (same corpus + seed → same split and tokens), idempotent (a complete dataset
-with the same settings is reused) and atomic: locally it builds in a hidden sibling directory
+with the same settings is reused; if its corpus changed since, a line and the summary say so,
+with --overwrite to rebuild) and atomic: locally it builds in a hidden sibling directory
 and renames it into place; in object storage (no rename there) it writes in place and the
 manifest last, in one PUT. Either way an interrupted build never opens as a dataset.
 `open_dataset(path)` opens a built dataset as a `TokenDataset`; a remote one reads through a
@@ -35,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from mamba_nb.config import DataConfig, to_dict
-from mamba_nb.corpus import Corpus, Document, corpus_from_config
+from mamba_nb.corpus import Corpus, Document, changed_since, corpus_from_config
 from mamba_nb.mirror import Mirror, cache_dir
 from mamba_nb.split import SPLITS, is_validation
 from mamba_nb.store import Store, StoreError, resolve_options
@@ -352,6 +353,10 @@ def _reuse(out: Store, cfg: DataConfig, corpus: Optional[Corpus]) -> Optional["T
             f"the dataset at {out.uri!r} was built with other settings ({{name: (built, asked)}}: {diff}); "
             f"pass --overwrite to rebuild it, or another --out-dir"
         )
+    ds.corpus_change = changed_since(ds.meta["source"], cfg, corpus)
+    if ds.corpus_change is not None:
+        print(f"note: the corpus changed since the dataset at {out.uri!r} was built ({ds.corpus_change}); it is "
+              "reused as it was built: pass --overwrite to rebuild it from the corpus as it is now")
     return ds
 
 
@@ -390,8 +395,9 @@ def build_dataset(cfg: DataConfig, corpus: Optional[Corpus] = None, progress: bo
     """Build the token dataset `cfg` describes in `cfg.out_dir` (or reuse it), → `TokenDataset`.
 
     `corpus` overrides the one `cfg` names (the benchmark passes a repeated stdlib).
-    Reuse: a complete dataset built with the same settings is opened, not rebuilt; one
-    with other settings is an error unless `cfg.overwrite`. A directory that is not a
+    Reuse: a complete dataset built with the same settings is opened, not rebuilt (a corpus
+    that changed since is said, `corpus.changed_since`); one with other settings is an error
+    unless `cfg.overwrite`. A directory that is not a
     dataset of ours is never deleted. The build happens in a hidden sibling directory that
     is renamed into place once its manifest is written.
     """
@@ -567,6 +573,7 @@ class TokenDataset:
         self._handles: dict[str, Any] = {}
         self._handles_pid: Optional[int] = None
         self._spans: dict[str, np.ndarray] = {}
+        self.corpus_change: Optional[str] = None  # how the corpus changed since the build, when reused (`_reuse`)
 
     def __reduce__(self):
         return open_dataset, (self.store.uri, self.store.options, self.dataset_cache)
@@ -705,6 +712,8 @@ class TokenDataset:
         lines = [
             f"Lance token dataset at {self.path}",
             f"  source:    {src['kind']} {where}{extra}" + (f", first {src['max_documents']} documents" if src.get("max_documents") else ""),
+            *([f"  changed:   the corpus since this build ({self.corpus_change}); --overwrite rebuilds"]
+              if self.corpus_change else []),
             f"  tokenizer: {tok_desc}, vocab {m['vocab_size']:,}, stored as {m['dtype']}",
             f"  {'split':<11}{'documents':>11}{'tokens':>14}{'bytes':>15}{'bytes/token':>13}",
         ]

@@ -7,7 +7,9 @@
   pace; it is timed again, from the steadier steps since, when warmup ends, and then every
   `RESIZE_EVERY` steps from the pace since warmup: a machine that was busy for a while (or got
   faster) does not leave the run short of its budget, or the cosine cut before its end. The run
-  still stops when the time is up.
+  still stops when the time is up. A checkpoint keeps the sizer's place (`state_dict`), so a
+  resumed run is timed again at the same steps, from the same pace, as one that never stopped
+  (the first step after a resume pays start-up again, and is left out of the pace).
 
 Not here: the loop that applies them (`train.py`).
 """
@@ -81,8 +83,9 @@ class ScheduleSizer:
     """When to fix a time-budgeted schedule's length, and from which pace (module docstring).
 
     Call `after_step` after every step; it returns (seconds per step, note) when the length
-    should be (re)computed now, else None. A run with `max_steps`, or a resumed run whose
-    length is known, never asks (except the refinement at the end of warmup of a new run).
+    should be (re)computed now, else None. A run with `max_steps` never asks. A resumed run
+    loads the sizer's place from its checkpoint (`load_state_dict`) and goes on asking at the
+    steps an uninterrupted run would (a checkpoint that predates it: timed again from the resume).
     """
 
     def __init__(self, cfg, budget_s: Optional[float]):
@@ -91,30 +94,52 @@ class ScheduleSizer:
         # the step at which the schedule is sized again (end of warmup), if it comes after the probe
         self.refine_at = cfg.warmup_steps if cfg.warmup_steps > self.probe_end + 1 else None
         self.since: Optional[tuple[int, float]] = None  # (step, elapsed_s) where timing began
+        # (steps, seconds) inside the timed stretch left out of the pace: the first step of a resume
+        self.untimed = (0, 0.0)
+        self.skip_next = False  # the next step is the first of a resumed process
+
+    def state_dict(self) -> dict:
+        """The sizer's place, for the checkpoint."""
+        return {"since": list(self.since) if self.since is not None else None, "untimed": list(self.untimed)}
+
+    def load_state_dict(self, state: Optional[dict]) -> None:
+        """Go on from a checkpoint's `state_dict()` (None: a checkpoint that predates it, timed again
+        from the resume on). The step after this is not timed (start-up)."""
+        if state is not None:
+            self.since = tuple(state["since"]) if state["since"] is not None else None
+            self.untimed = tuple(state["untimed"])
+        self.skip_next = True
 
     def _pace(self, step: int, elapsed_s: float, step_s: float) -> float:
-        n = step - self.since[0]
-        return (elapsed_s - self.since[1]) / n if n > 0 else step_s  # nothing timed yet: this step's time
+        n = step - self.since[0] - self.untimed[0]
+        # nothing timed yet: this step's time
+        return (elapsed_s - self.since[1] - self.untimed[1]) / n if n > 0 else step_s
+
+    def _restart(self, step: int, elapsed_s: float) -> None:
+        self.since, self.untimed = (step, elapsed_s), (0, 0.0)
 
     def after_step(self, step: int, elapsed_s: float, step_s: float,
                    total_steps: Optional[int]) -> Optional[tuple[float, str]]:
-        # The first step is not timed (it pays for start-up, such as DataLoader workers). The early
-        # steps are slow (allocator and caches warming up): the first estimate gives the progress
-        # bar its length, the one at the end of warmup (the cosine's first use of it) is kept.
+        # The first step is not timed (it pays for start-up, such as DataLoader workers), nor is the
+        # first after a resume. The early steps are slow (allocator and caches warming up): the first
+        # estimate gives the progress bar its length, the one at the end of warmup (the cosine's
+        # first use of it) is kept.
         if not self.active:
             return None
+        if self.since is None:
+            self._restart(step, elapsed_s)
+        elif self.skip_next:
+            self.untimed = (self.untimed[0] + 1, self.untimed[1] + step_s)
+        self.skip_next = False
         if total_steps is None:
-            if self.since is None:
-                self.since = (step, elapsed_s)
             if step >= self.probe_end:
                 pace = self._pace(step, elapsed_s, step_s)
-                self.since = (step, elapsed_s)  # the refinement times the steps after this one
+                self._restart(step, elapsed_s)  # the refinement times the steps after this one
                 return pace, ""
-        elif step == self.refine_at and self.since is not None and step > self.since[0]:
+        elif step == self.refine_at and step > self.since[0]:
             pace = self._pace(step, elapsed_s, step_s)
-            self.since = (step, elapsed_s)  # from here on: the pace after warmup
+            self._restart(step, elapsed_s)  # from here on: the pace after warmup
             return pace, " (timed again after warmup)"
-        elif (self.since is not None and step > self.since[0] and step > self.probe_end
-              and (step - self.since[0]) % RESIZE_EVERY == 0):
+        elif step > self.since[0] and step > self.probe_end and (step - self.since[0]) % RESIZE_EVERY == 0:
             return self._pace(step, elapsed_s, step_s), f" (timed again at step {step})"
         return None

@@ -12,9 +12,10 @@ What one run does, in order:
    a snapshot for notebook 05, and `loss.png` (`runlog.py`);
 5. every `save_every` steps, at the end, and on Ctrl-C / SIGTERM: `<out_dir>/latest/`.
 
-Resume is exact: the checkpoint holds the optimizer, the schedule's length, the data
-position, the RNG states, the step and the tokens seen, so a run stopped at step k and
-resumed gives bit for bit the losses of a run that never stopped (on CPU).
+Resume is exact: the checkpoint holds the optimizer, the schedule's length (and where a time
+budget times it again), the data position, the RNG states, the step and the tokens seen, so a
+run stopped at step k and resumed gives bit for bit the losses of a run that never stopped (on
+CPU).
 
 Not here: windows and FIM (`windows.py`), the model (`model.py`), the files of a run
 (`checkpoint.py`), sharding and the shards (`fsdp.py`), the schedule (`schedule.py`), the
@@ -141,6 +142,8 @@ class Trainer:
         _check_fits(self.ds, cfg, d)
         self.tokenizer = self.ds.tokenizer
         self.gain_holes = self._gain_holes()
+        self.sizer = ScheduleSizer(cfg, budget_s)  # a resume loads its place (`_restore`)
+        self.resume_from: Optional[Path] = None  # the checkpoint a resumed run goes on from
         self.resumed = self._build_or_resume()
         self.tokens_per_step = cfg.batch_size * cfg.context_len * cfg.grad_accum * d.world_size
         self.last_saved = self.state.step if self.resumed else None
@@ -209,12 +212,14 @@ class Trainer:
             load_shards(self.model, self.optimizer, saved["from"] / ckpt.SHARDS)
         else:
             self.optimizer.load_state_dict(saved["optimizer"])
-        s = self.state
+        s, self.resume_from = self.state, saved["from"]
         s.step, s.tokens_seen, s.elapsed_s = saved["step"], saved["tokens_seen"], saved["elapsed_s"]
         s.total_steps = cfg.max_steps if cfg.max_steps is not None else saved["total_steps"]
         if cfg.max_steps is None and self.budget_s != (saved["config"]["time_budget_s"] or None) and s.step > 0:
             # a new time budget: stretch the schedule at the speed the run has had so far
             s.total_steps = estimate_total_steps(self.budget_s, s.step, s.elapsed_s, s.elapsed_s / s.step)
+        # where the time-budgeted schedule is timed again (absent from a checkpoint that predates it)
+        self.sizer.load_state_dict(saved.get("schedule_sizer"))
         self.stream = DataStream(self.ds, cfg, d, **saved["data"])
         set_rng_state(saved["rng"])
 
@@ -231,10 +236,9 @@ class Trainer:
             return self.out / ckpt.LATEST
         from mamba_nb.runlog import RunLog
 
-        self.log = RunLog(cfg, self.out, self.d.main, s.step if self.resumed else None)
+        self.log = RunLog(cfg, self.out, self.d.main, s.step if self.resumed else None, self.resume_from)
         self._announce()
         self.bar = tqdm(total=s.total_steps, initial=s.step, disable=not self.d.main, desc="train", dynamic_ncols=True)
-        sizer = ScheduleSizer(cfg, self.budget_s)
         self.model.train()
         try:
             with StopRequest() as stop:
@@ -244,7 +248,7 @@ class Trainer:
                         return self.out / ckpt.LATEST
                     if self.on_step is not None:
                         self.on_step(record, self.model, batch)
-                    sized = sizer.after_step(s.step, s.elapsed_s, record["step_s"], s.total_steps)
+                    sized = self.sizer.after_step(s.step, s.elapsed_s, record["step_s"], s.total_steps)
                     if sized is not None:
                         self._size_schedule(*sized)
                     if self._checkpoints(stop):
@@ -444,8 +448,8 @@ class Trainer:
         # FSDP: the optimizer state is in the shards, each rank's part in its own file
         optimizer = {} if self.cfg.fsdp else {"optimizer": self.optimizer.state_dict()}
         return {"step": s.step, "tokens_seen": s.tokens_seen, "elapsed_s": s.elapsed_s, "total_steps": s.total_steps,
-                **optimizer, "data": self.stream.state_dict(), "rng": rng_state(),
-                "config": to_dict(self.cfg), "dataset": dataset_fingerprint(self.ds),
+                "schedule_sizer": self.sizer.state_dict(), **optimizer, "data": self.stream.state_dict(),
+                "rng": rng_state(), "config": to_dict(self.cfg), "dataset": dataset_fingerprint(self.ds),
                 "world_size": self.d.world_size}
 
     def _save(self, final: bool = False) -> None:

@@ -257,6 +257,59 @@ def test_overwrite_rebuilds_deterministically(tiny_corpus_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no temporary leftovers
 
 
+def test_a_changed_source_directory_is_noticed_on_reuse(tiny_corpus_dir, tmp_path, capsys):
+    corpus = shutil.copytree(tiny_corpus_dir, tmp_path / "corpus")
+    cfg = small_config(corpus, tmp_path / "ds")
+    built = build_dataset(cfg, progress=False)
+    files = built.meta["source"]["files"]
+    assert build_dataset(cfg, progress=False).corpus_change is None  # unchanged: reused without a word
+    assert "note:" not in capsys.readouterr().out
+
+    (corpus / "added.py").write_text("def added():\n    return 1\n")
+    again = build_dataset(cfg, progress=False)
+    said = capsys.readouterr().out
+    assert f"{files} files" in said and f"{files + 1} of" in said and "files added or removed" in said
+    assert "--overwrite" in said and said.count("\n") == 1  # one line
+    assert again.meta == built.meta  # reused as it was built, and its summary says the corpus changed
+    assert "changed:   the corpus since this build" in again.summary()
+
+    rebuilt = build_dataset(dataclasses.replace(cfg, overwrite=True), progress=False)
+    assert rebuilt.meta["source"]["files"] == files + 1 and "changed:" not in rebuilt.summary()
+    assert "added.py" in rebuilt.sources("train") + rebuilt.sources("validation")
+
+
+def test_a_file_edited_in_place_changes_the_fingerprint(tiny_corpus_dir, tmp_path):
+    from mamba_nb.corpus import changed_since
+
+    corpus = shutil.copytree(tiny_corpus_dir, tmp_path / "corpus")
+    cfg = small_config(corpus, tmp_path / "ds")
+    built = FileCorpus.glob(corpus, cfg.patterns).describe()
+    assert changed_since(built, cfg) is None
+    victim = sorted(corpus.rglob("*.py"))[0]
+    text = victim.read_bytes()
+    victim.write_bytes(text[::-1])  # the same size, other bytes, a later modification time
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+    assert "files modified (the same count and size)" in changed_since(built, cfg)
+    victim.write_bytes(text + b"\n")
+    assert "files changed in size" in changed_since(built, cfg)
+
+
+def test_the_stdlib_is_compared_by_its_interpreter_without_a_glob(monkeypatch):
+    import platform
+
+    from mamba_nb import corpus as corpus_module
+    from mamba_nb.config import DataConfig
+    from mamba_nb.corpus import changed_since
+
+    monkeypatch.setattr(corpus_module, "corpus_from_config", lambda cfg: pytest.fail("globbed the stdlib again"))
+    now = platform.python_version()
+    built = {"kind": "stdlib", "fingerprint": {"files": 1, "bytes": 1, "hash": "0"}, "python": now}
+    assert changed_since(built, DataConfig()) is None
+    said = changed_since({**built, "python": "3.0.1"}, DataConfig())
+    assert said == f"Python 3.0.1's standard library then, {now}'s now"
+    assert changed_since({"kind": "stdlib", "files": 1}, DataConfig()) is None  # a dataset from before fingerprints
+
+
 def test_uint32_when_the_vocabulary_needs_it(tiny_corpus_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(D, "token_dtype", lambda vocab_size: np.dtype(np.uint32))
     ds = build_dataset(small_config(tiny_corpus_dir, tmp_path / "ds"), progress=False)
