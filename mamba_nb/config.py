@@ -2,7 +2,10 @@
 
 A setting has one name everywhere it travels: the notebook's config cell, the
 YAML file, the `--flag` of `python -m mamba_nb`, and the function parameter.
-`context_len` is `context_len` in all four.
+`context_len` is `context_len` in all four. It has one explanation too, written once
+beside its field (`setting(default, "what it does")`, the field's `help`), which
+`--help`, the README's settings reference and the notebooks' config comments show
+(`reference.py`); its heading (`GROUP`) and its choices (`_RULES`) come from here too.
 
 This module holds no logic of the stages themselves; it only describes their
 inputs. It does not validate values that need data to check (a `context_len`
@@ -16,7 +19,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 # The smoke switch: the tests set MAMBA_NB_SMOKE=1 so every notebook and the
 # course shrink their work to seconds. Read once, here, and nowhere else.
@@ -82,7 +85,16 @@ def _at_least(low: int, note: str = "") -> tuple[Any, str]:
 
 
 def _one_of(*options: str) -> tuple[Any, str]:
-    return (lambda v: v in options), "one of " + ", ".join(options)
+    def check(value) -> bool:
+        return value in options
+
+    check.options = options  # the choices `--help` and the settings reference list (`choices_of`)
+    return check, "one of " + ", ".join(options)
+
+
+# The model's size presets (`model.PRESETS`, which a test holds this to): named here so that
+# `--help` lists them without importing torch.
+PRESET_NAMES = ("micro", "tiny", "130m", "370m", "790m", "1.4b", "2.8b")
 
 # field -> (check, what it must be). Applied after the types; None passes where None is allowed.
 _RULES: dict[str, tuple[Any, str]] = {
@@ -100,6 +112,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "fim_region_lines": _at_least(0, "(0: whole documents)"),
     "fim_level": _one_of("char", "token"),
     "arch": _one_of("mamba", "mamba2", "llama"),
+    "preset": _one_of(*PRESET_NAMES),
     "scan": _one_of("auto", "kernels", "fast", "hf"),
     "hidden_size": _at_least(1),
     "num_hidden_layers": _at_least(1),
@@ -152,51 +165,120 @@ class Checked:
             object.__setattr__(self, f.name, value)
 
 
+# --- the settings' words: one explanation per field, read by --help, the README's settings
+# reference and the notebooks' config comments (`reference.py`) -------------------------------
+
+# The headings settings are grouped under, in the order `--help` and the reference show them.
+GROUP_ORDER = ("corpus", "tokenizer and split", "data", "model and data", "windows and FIM", "model", "training",
+               "validation", "run directory and logging", "process", "infilling", "the course report", "benchmark",
+               "output")
+
+
+def setting(default: Any = None, help: str = "", *, factory: Optional[Callable[[], Any]] = None,
+            group: Optional[str] = None) -> Any:
+    """A config field with its one-line explanation (`help`: what it does, what unset means).
+    `factory`: a default made afresh for each config (a list); `group`: its heading, where it is
+    not its class's `GROUP`."""
+    metadata = {"help": help, **({"group": group} if group else {})}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def help_of(f: dataclasses.Field) -> str:
+    """A field's explanation (its `help`)."""
+    return f.metadata.get("help", "")
+
+
+def group_of(cls: type, f: dataclasses.Field) -> str:
+    """The heading of field `f` of `cls`: its own, or the `GROUP` of the class that declares it."""
+    owner = next(c for c in cls.__mro__ if f.name in c.__dict__.get("__annotations__", {}))
+    return f.metadata.get("group") or owner.GROUP
+
+
+def choices_of(name: str) -> Optional[tuple[str, ...]]:
+    """The values a setting must be one of, where they are a fixed set."""
+    rule = _RULES.get(name)
+    return getattr(rule[0], "options", None) if rule else None
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def grouped_fields(cls: type) -> dict[str, list[dataclasses.Field]]:
+    """`cls`'s fields under their headings, in `GROUP_ORDER` (fields in declaration order)."""
+    groups: dict[str, list[dataclasses.Field]] = {}
+    for f in dataclasses.fields(cls):
+        groups.setdefault(group_of(cls, f), []).append(f)
+    return dict(sorted(groups.items(), key=lambda kv: GROUP_ORDER.index(kv[0])))
+
+
 @dataclass
 class DataConfig(Checked):
     """Corpus → tokenizer → Lance token dataset (notebook 01, `build-dataset`)."""
 
-    source: str = "stdlib"  # "stdlib" | "dir" | "hf"
-    path: Optional[str] = None  # a directory for "dir"; a hub name or data files for "hf"
-    patterns: list[str] = field(default_factory=lambda: ["**/*.py"])  # globs for "dir"
-    hf_config: Optional[str] = None  # the hub dataset's configuration name, if any
-    hf_split: str = "train"
-    hf_text_column: str = "content"
-    hf_streaming: bool = True
-    max_documents: Optional[int] = None  # stop after this many (smoke runs, quick looks)
-    max_document_bytes: int = 1_000_000  # larger documents are skipped (and counted): flat memory
-    tokenizer: Optional[str] = None  # None: train a byte-level BPE; else an HF name or path
-    vocab_size: int = 8192
-    validation_fraction: float = 0.05
-    seed: int = 0
-    out_dir: str = DEFAULT_DATA_DIR  # a directory, or an object-store URI (s3://bucket/prefix, gs://, az://)
-    overwrite: bool = False
-    # Lance storage options for a remote out_dir: key=value items or YAML files (store.py); secrets
-    # are better left in the environment (AWS_SECRET_ACCESS_KEY, ...), which is read too
-    storage_options: list[str] = field(default_factory=list)
-    # "local": one process (the default); "ray": tokenize and write in parallel tasks on a Ray cluster
-    # (ray_build.py; `pip install -e '.[scale]'`; RAY_ADDRESS joins a running cluster). Same output.
-    build_engine: str = "local"
-    build_workers: Optional[int] = None  # the local Ray cluster's CPUs (None: all of this machine's)
+    GROUP: ClassVar[str] = "corpus"
+
+    source: str = setting("stdlib", "where the documents come from: this Python's standard library, a directory "
+                                    "(--path, --patterns) or a Hugging Face dataset (--path)")
+    path: Optional[str] = setting(None, "source dir: the directory; source hf: a hub dataset name, or local data files "
+                                        "(a file, a glob, or a directory of json/jsonl/parquet/csv/txt)")
+    patterns: list[str] = setting(factory=lambda: ["**/*.py"],
+                                  help="source dir: the files to read, globs relative to --path (e.g. '**/*.py' "
+                                       "'**/*.js')")
+    hf_config: Optional[str] = setting(None, "source hf: the hub dataset's configuration name, if it has several")
+    hf_split: str = setting("train", "source hf: the split to read (the validation documents are held out of it)")
+    hf_text_column: str = setting("content", "source hf: the column that holds each document's text")
+    hf_streaming: bool = setting(True, "source hf: stream the rows rather than download the whole dataset first")
+    max_documents: Optional[int] = setting(None, "read only the first N documents (smoke runs, quick looks); unset: "
+                                                 "all")
+    max_document_bytes: int = setting(1_000_000, "larger documents are skipped (and counted), so memory stays flat")
+    tokenizer: Optional[str] = setting(None, "unset: train a byte-level BPE on the train split; else an HF tokenizer "
+                                             "(hub name or directory), given the FIM tokens it lacks",
+                                   group="tokenizer and split")
+    vocab_size: int = setting(8192, "the trained BPE's vocabulary, its five special tokens included (not used with "
+                                    "--tokenizer)", group="tokenizer and split")
+    validation_fraction: float = setting(0.05, "the share of documents held out for validation (whole documents)",
+                                         group="tokenizer and split")
+    seed: int = setting(0, "the seed of the train/validation split", group="tokenizer and split")
+    out_dir: str = setting(DEFAULT_DATA_DIR, "where the dataset goes: a directory, or an object-store URI "
+                                             "(s3://bucket/prefix, gs://, az://)", group="output")
+    overwrite: bool = setting(False, "replace the dataset at --out-dir; without it one built with the same settings "
+                                     "is reused, one with other settings refused", group="output")
+    # secrets are better left in the environment (AWS_SECRET_ACCESS_KEY, ...), which is read too
+    storage_options: list[str] = setting(factory=list, group="output",
+                                         help="Lance storage options for a remote --out-dir: key=value items or YAML "
+                                              "files of them (the environment's AWS_*, ... are read too)")
+    build_engine: str = setting("local", "local: one process; ray: tokenize and write in parallel Ray tasks (pip "
+                                         "install -e '.[scale]'; RAY_ADDRESS joins a running cluster), the same output",
+                                group="output")
+    build_workers: Optional[int] = setting(None, "--build-engine ray: the local Ray cluster's CPUs; unset: all of this "
+                                                 "machine's", group="output")
 
 
 @dataclass
 class WindowConfig(Checked):
     """Where windows fall and what FIM does to them (notebooks 02 and 03)."""
 
-    context_len: int = 256
-    fim_rate: float = 0.9
-    spm_rate: float = 0.5
-    fim_level: str = "char"  # "char" (the FIM paper's) | "token" (split points between tokens)
-    # FIM per region of this many lines, several per document (0: the whole document piece, as in
-    # the FIM paper). Short regions keep both sides of a hole near it (fim.py, "Regions").
-    fim_region_lines: int = 0
-    line_hole_rate: float = 0.0  # share of FIM middles shaped like real holes: whole lines, a line's end
-    seed: int = 0
-    # read each document of a window on its own: Mamba's state and convolution (the Llama peer's
-    # attention) start afresh after each <|endoftext|> between files, not the ones closing FIM middles
-    # (doc_reset.py). Training and its validation losses both follow it. Not for Mamba-2.
-    reset_at_documents: bool = False
+    GROUP: ClassVar[str] = "windows and FIM"
+
+    context_len: int = setting(256, "tokens per window: the context the model trains with (infill cuts longer prompts "
+                                    "to it)")
+    fim_rate: float = setting(0.9, "share of document pieces (or regions) FIM transforms; the rest stay left to right")
+    spm_rate: float = setting(0.5, "share of the transformed pieces laid out SPM (suffix first); the rest PSM")
+    fim_level: str = setting("char", "char: a hole's ends anywhere in the decoded text (the FIM paper's); token: "
+                                     "between tokens")
+    # Short regions keep both sides of a hole near it (fim.py, "Regions").
+    fim_region_lines: int = setting(0, "FIM per region of this many lines, several a document (0: whole document "
+                                       "pieces); needs fim_level char")
+    line_hole_rate: float = setting(0.0, "share of FIM middles shaped like real holes (whole lines, a line's end), "
+                                         "not random spans")
+    seed: int = setting(0, "the seed of the window offsets and order and of the FIM draws (a run's initial weights "
+                           "too)")
+    # Training and its validation losses both follow it (doc_reset.py).
+    reset_at_documents: bool = setting(False, "read each file of a window on its own: the state (llama: attention) "
+                                              "starts afresh after each <|endoftext|> between files; not for mamba2")
 
 
     def __post_init__(self):
@@ -211,18 +293,23 @@ class WindowConfig(Checked):
 class ModelConfig(Checked):
     """Which Mamba, how big, from scratch or from a checkpoint (notebook 04)."""
 
-    # "mamba" (Mamba-1) | "mamba2". Mamba-1 is the course default: on the fast PyTorch scan it
-    # learns as much as Mamba-2 in the CPU budget (README, "Benchmarks"), and it is the
-    # architecture of the public state-spaces/mamba-*-hf checkpoints.
-    # "llama": a transformer of the same size (HF LlamaForCausalLM), the peer the course compares with.
-    arch: str = "mamba"
-    preset: str = "tiny"  # "tiny" | "130m" | "370m" | "790m" | "1.4b" | "2.8b"
-    pretrained: Optional[str] = None  # a hub id or local directory to fine-tune
-    scan: str = "auto"  # "auto" | "kernels" | "fast" | "hf": which selective-scan path
-    # None: the preset's value. Width, depth and the recurrent state of a from-scratch model.
-    hidden_size: Optional[int] = None
-    num_hidden_layers: Optional[int] = None
-    state_size: Optional[int] = None
+    GROUP: ClassVar[str] = "model"
+
+    # Mamba-1 is the course default: on the fast PyTorch scan it learns as much as Mamba-2 in the CPU
+    # budget (README, "Benchmarks"), and it is the architecture of the public state-spaces/mamba-*-hf
+    # checkpoints.
+    arch: str = setting("mamba", "mamba (Mamba-1, the course's), mamba2, or llama (a transformer of the same size, "
+                                 "the peer the course compares with)")
+    preset: str = setting("tiny", "the size: micro (the tests'), tiny (the CPU course's), or a public checkpoint's "
+                                  "130m ... 2.8b (llama: micro and tiny only)")
+    pretrained: Optional[str] = setting(None, "a hub id or local directory to fine-tune instead of training from "
+                                              "scratch (the dataset must use its tokenizer: build-dataset --tokenizer)")
+    scan: str = setting("auto", "the selective scan: auto (kernels on CUDA when installed, else fast), kernels (the "
+                                "fused CUDA kernels), fast (this project's), hf (HF's reference, to compare)")
+    hidden_size: Optional[int] = setting(None, "width of a from-scratch model; unset: the preset's")
+    num_hidden_layers: Optional[int] = setting(None, "blocks of a from-scratch model; unset: the preset's")
+    state_size: Optional[int] = setting(None, "Mamba's recurrent state per channel (N) of a from-scratch model; "
+                                              "unset: the preset's (not for llama)")
 
 
 @dataclass
@@ -230,42 +317,62 @@ class TrainConfig(WindowConfig, ModelConfig):
     """The training run (notebook 04, `train`). Windows, FIM and model settings are inherited
     so each keeps its single name on the command line."""
 
-    dataset: str = DEFAULT_DATA_DIR  # a directory or an object-store URI (s3://...)
-    storage_options: list[str] = field(default_factory=list)  # for a remote dataset (store.py)
-    # where a remote dataset's fragments are copied as reads need them (mirror.py); "none": read
-    # the store directly. None: ~/.cache/mamba_nb/datasets
-    dataset_cache: Optional[str] = None
-    out_dir: str = DEFAULT_RUN_DIR
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    max_steps: Optional[int] = None  # None: as many as time_budget_s allows
-    time_budget_s: Optional[float] = 600.0  # seconds of training; None or 0: no time limit
-    grad_clip: float = 1.0
-    middle_loss_weight: float = 1.0  # weight of FIM-middle targets in the training loss (1: all tokens equal)
-    # recompute each block's activations in the backward pass instead of keeping them (HF's
-    # mechanism): less memory for the same numbers, about a third more compute
-    gradient_checkpointing: bool = False
-    # LoRA (needs `peft` and a --pretrained model): adapters of this rank, 0 for a full fine-tune
-    lora_rank: int = 0
-    lora_targets: list[str] = field(default_factory=lambda: ["in_proj"])  # see lora.py for why in_proj
-    # under torchrun: shard the weights, gradients and optimizer state over the processes (PyTorch FSDP,
-    # fsdp.py) instead of a whole copy on each (DDP), for fine-tunes whose optimizer state does not fit one device
-    fsdp: bool = False
-    eval_every: int = 200
-    eval_windows: int = 64
-    # held-out single lines whose suffix gain (SPM prompt) each validation logs: when does the model
-    # start to use the suffix? 0: not measured
-    gain_holes: int = 64
-    save_every: int = 500
-    num_workers: int = 1
-    device: str = "auto"
-    resume: bool = True
-    log_tensorboard: bool = False
-    log_wandb: bool = False
+    GROUP: ClassVar[str] = "training"
+
+    dataset: str = setting(DEFAULT_DATA_DIR, "the token dataset (build-dataset's --out-dir): a directory or an "
+                                             "object-store URI (s3://...)", group="data")
+    storage_options: list[str] = setting(factory=list, group="data",
+                                         help="Lance storage options for a remote --dataset: key=value items or YAML "
+                                              "files of them (the environment's AWS_*, ... are read too)")
+    dataset_cache: Optional[str] = setting(None, "where a remote dataset's fragments are copied as reads need them; "
+                                                 "none: read the store directly; unset: ~/.cache/mamba_nb/datasets",
+                                           group="data")
+    out_dir: str = setting(DEFAULT_RUN_DIR, "the run directory: latest/ (the resumable checkpoint, an HF model), "
+                                            "snapshots/, metrics.jsonl, loss.png", group="run directory and logging")
+    batch_size: int = setting(8, "windows per micro-batch, in each process")
+    grad_accum: int = setting(1, "micro-batches per optimizer step (gradient accumulation)")
+    lr: float = setting(3e-3, "the peak learning rate (AdamW), reached at the end of warmup")
+    min_lr_ratio: float = setting(0.1, "the cosine ends at this fraction of --lr")
+    weight_decay: float = setting(0.1, "AdamW's weight decay, on weight matrices only (not the input embedding, "
+                                       "norms, biases, A_log, D)")
+    warmup_steps: int = setting(100, "steps of linear warmup up to --lr, before the cosine")
+    max_steps: Optional[int] = setting(None, "optimizer steps of the run (the cosine's length); unset: as many as "
+                                             "--time-budget-s allows")
+    time_budget_s: Optional[float] = setting(600.0, "seconds of training steps (validations and saves not counted) "
+                                                    "the schedule is sized to fill; with --max-steps, whichever ends "
+                                                    "first; 0 or unset: no limit")
+    grad_clip: float = setting(1.0, "clip the gradients' norm to this (0: no clipping)")
+    middle_loss_weight: float = setting(1.0, "weight of FIM-middle targets in the training loss (1: every token "
+                                             "counts the same, as the FIM paper trains)")
+    gradient_checkpointing: bool = setting(False, "recompute each block's activations in the backward pass instead "
+                                                  "of keeping them: less memory, the same numbers, about a third more "
+                                                  "compute")
+    lora_rank: int = setting(0, "train LoRA adapters of this rank on a --pretrained model (needs peft); 0: a full "
+                                "fine-tune")
+    # see lora.py for why in_proj
+    lora_targets: list[str] = setting(factory=lambda: ["in_proj"],
+                                      help="the modules LoRA adapts (x_proj, dt_proj, out_proj and conv1d are refused: "
+                                           "the fused CUDA kernels read their weights directly)")
+    fsdp: bool = setting(False, "under torchrun: shard the weights, gradients and optimizer state over the processes "
+                                "(FSDP) instead of a whole copy on each (DDP); not with LoRA", group="process")
+    eval_every: int = setting(200, "validate every this many steps and at the end (losses, suffix gain, a snapshot, "
+                                   "loss.png)", group="validation")
+    eval_windows: int = setting(64, "validation windows each validation reads", group="validation")
+    # when does the model start to use the suffix?
+    gain_holes: int = setting(64, "held-out lines whose suffix gain (SPM prompt) each validation logs; 0: not "
+                                  "measured", group="validation")
+    save_every: int = setting(500, "write the resumable checkpoint (latest/) every this many steps, at the end and on "
+                                   "Ctrl-C / SIGTERM", group="run directory and logging")
+    num_workers: int = setting(1, "DataLoader worker processes of each process (0: batches made in the training "
+                                  "process)", group="process")
+    device: str = setting("auto", "auto (cuda when torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps",
+                          group="process")
+    resume: bool = setting(True, "go on from --out-dir's checkpoint; --no-resume starts over, moving the earlier run "
+                                 "into replaced-<time>/", group="run directory and logging")
+    log_tensorboard: bool = setting(False, "also log to TensorBoard (<out-dir>/tensorboard; needs tensorboard)",
+                                    group="run directory and logging")
+    log_wandb: bool = setting(False, "also log to Weights & Biases (project mamba-nb; needs wandb)",
+                              group="run directory and logging")
 
     def __post_init__(self):
         super().__post_init__()
@@ -287,72 +394,118 @@ INFILL_MODE = "spm"
 class InfillConfig(Checked):
     """How a hole is filled (notebook 05, `infill`)."""
 
-    checkpoint: str = DEFAULT_RUN_DIR
-    mode: str = INFILL_MODE  # "spm" | "psm": the prompt layout
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    best_of: int = 1
-    stop: list[str] = field(default_factory=list)
-    seed: int = 0
+    GROUP: ClassVar[str] = "infilling"
+
+    checkpoint: str = setting(DEFAULT_RUN_DIR, "the model: a run directory, its latest/ or a snapshot, or an HF model "
+                                               "directory")
+    mode: str = setting(INFILL_MODE, "the prompt: spm (suffix, then prefix, then the middle), psm (prefix, suffix, "
+                                     "middle), or lm (the prefix only)")
+    max_new_tokens: int = setting(64, "the most tokens the middle may have")
+    temperature: float = setting(0.0, "0: greedy; above: sampling at this temperature (with --top-p)")
+    top_p: float = setting(1.0, "nucleus sampling: draw from the likeliest tokens holding this much probability "
+                                "(1: all)")
+    best_of: int = setting(1, "samples per hole: those that ended with <|endoftext|> first, then the highest mean "
+                              "log-probability (needs --temperature > 0)")
+    stop: list[str] = setting(factory=list, help="texts that end the middle, cut before them (e.g. --stop '\\n' for "
+                                                 "one line)")
+    seed: int = setting(0, "the sampling seed")
 
 
 @dataclass
 class EvalConfig(Checked):
     """What `evaluate` measures for a checkpoint (notebook 05, `evaluate`)."""
 
-    checkpoint: str = DEFAULT_RUN_DIR
-    dataset: str = DEFAULT_DATA_DIR
-    storage_options: list[str] = field(default_factory=list)  # for a remote dataset (store.py)
-    dataset_cache: Optional[str] = None  # as in TrainConfig
-    num_line_tasks: int = 200
-    num_loss_windows: int = 64
-    humaneval: bool = True
-    humaneval_limit: Optional[int] = None  # None: all single-line tasks
-    mode: str = INFILL_MODE  # "spm" | "psm": the FIM prompt scored against the prefix-only one
-    max_line_tokens: int = 48  # longer held-out lines are skipped; each infill may write this many + 8 tokens
-    num_gain_tasks: int = 200  # holes per set for the suffix gain (0: not measured)
-    # code outside the corpus whose lines are scored too: a directory, or an installed package's name
-    tasks_from: Optional[str] = None
-    # a benchmark to run instead of the course report (benchmark.py): humaneval-single |
-    # humaneval-multi | humaneval-random-span | humaneval-random-span-light | lines
-    benchmark: Optional[str] = None
-    n_samples: int = 1  # samples per task (pass@k needs n >= k; sampling needs temperature > 0)
-    k: list[int] = field(default_factory=lambda: [1])  # the k of pass@k
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    out_file: Optional[str] = None  # default: <checkpoint>/eval.json
-    seed: int = 0
+    GROUP: ClassVar[str] = "the course report"
 
+    checkpoint: str = setting(DEFAULT_RUN_DIR, "the model: a run directory, its latest/ or a snapshot, or an HF model "
+                                               "directory", group="model and data")
+    dataset: str = setting(DEFAULT_DATA_DIR, "the dataset whose validation split gives the held-out holes and loss "
+                                             "windows", group="model and data")
+    storage_options: list[str] = setting(factory=list, group="model and data",
+                                         help="Lance storage options for a remote --dataset: key=value items or YAML "
+                                              "files of them (the environment's AWS_*, ... are read too)")
+    dataset_cache: Optional[str] = setting(None, "where a remote dataset's fragments are copied as reads need them; "
+                                                 "none: read the store directly; unset: ~/.cache/mamba_nb/datasets",
+                                           group="model and data")
+    num_line_tasks: int = setting(200, "held-out lines infilled and scored, FIM prompt and prefix only (--benchmark "
+                                       "lines: its holes, half lines, half blocks)")
+    num_loss_windows: int = setting(64, "validation windows for the losses (0: not measured)")
+    humaneval: bool = setting(True, "also run HumanEval's single-line holes in the sandbox (pass@1)")
+    humaneval_limit: Optional[int] = setting(None, "at most this many HumanEval holes (here and in --benchmark "
+                                                   "humaneval-*); unset: all")
+    mode: str = setting(INFILL_MODE, "the FIM prompt (spm or psm) scored against the prefix-only one, and the one "
+                                     "--benchmark uses")
+    max_line_tokens: int = setting(48, "longer held-out lines are skipped (blocks: 3x); an infill may write this many "
+                                       "+ 8 tokens (multi-line benchmarks: 4x)")
+    num_gain_tasks: int = setting(200, "holes per set (held-out lines, held-out blocks, --tasks-from lines) for the "
+                                       "suffix gain; 0: not measured")
+    tasks_from: Optional[str] = setting(None, "code outside the corpus whose lines join the suffix gain's sets (and "
+                                              "are --benchmark lines' holes): a directory, or an installed package")
+    benchmark: Optional[str] = setting(None, "run this benchmark instead of the course report (lines: holes cut from "
+                                             "--tasks-from, or the held-out split)", group="benchmark")
+    n_samples: int = setting(1, "samples per task (pass@k needs n >= k; more than 1 needs --temperature > 0)",
+                             group="benchmark")
+    k: list[int] = setting(factory=lambda: [1], help="the k of pass@k, each at most --n-samples", group="benchmark")
+    temperature: float = setting(0.0, "--benchmark's sampling: 0 greedy; above, this temperature (with --top-p)",
+                                 group="benchmark")
+    top_p: float = setting(1.0, "--benchmark's nucleus sampling: the probability the drawn tokens hold (1: all)",
+                           group="benchmark")
+    out_file: Optional[str] = setting(None, "where the JSON report goes; unset: eval.json (or <benchmark>.json) in "
+                                            "the checkpoint's directory", group="output")
+    seed: int = setting(0, "the seed that picks the holes (and draws --benchmark's samples)")
 
 # --- YAML and CLI mapping ---------------------------------------------------
 
 
-def _field_type(cls: type, f: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(cls)
-    return hints[f.name]
+def shown(value: Any) -> str:
+    """A default as `--help` and the settings reference write it (unset, true, a list as flags take it)."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return " ".join(map(str, value)) if value else "none"
+    return str(value)
+
+
+def flag_help(f: dataclasses.Field) -> str:
+    """A field's `--help` line: its explanation and its default (argparse's % escaped)."""
+    return f"{help_of(f)} (default: {shown(default_of(f))})".replace("%", "%%")
+
+
+METAVARS = {int: "N", float: "X", str: "TEXT"}  # what a flag's value is, in --help
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one `--flag` per field of `cls`, named like the field (`context_len` → `--context-len`).
+    """Add one `--flag` per field of `cls`, named like the field (`context_len` → `--context-len`),
+    under the field's heading, with its explanation, default and choices.
 
     Defaults are left as None so `from_sources` can tell a flag given from a flag omitted,
     which is what lets a YAML file and flags be combined.
     """
-    parser.add_argument("--config", help="a YAML file of settings; flags given here override it")
-    for f in dataclasses.fields(cls):
-        tp = _field_type(cls, f)
-        origin = typing.get_origin(tp)
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        base = args[0] if origin is typing.Union and args else tp
-        flag = "--" + f.name.replace("_", "-")
-        if base is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif typing.get_origin(base) is list:
-            item = typing.get_args(base)[0]
-            parser.add_argument(flag, dest=f.name, nargs="*", default=None, type=item if item is not str else None)
-        else:
-            parser.add_argument(flag, dest=f.name, type=base, default=None)
+    parser.add_argument("--config", metavar="YAML", help="a YAML file of these settings, one `name: value` a line "
+                        "(names with underscores; `python -m mamba_nb reference` prints them all); flags given as "
+                        "well override it")
+    hints = typing.get_type_hints(cls)
+    for heading, fields in grouped_fields(cls).items():
+        group = parser.add_argument_group(heading)
+        for f in fields:
+            tp = hints[f.name]
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            base = args[0] if typing.get_origin(tp) is typing.Union and args else tp
+            flag = "--" + f.name.replace("_", "-")
+            choices = choices_of(f.name)
+            # the choices beside the flag; the config checks the value (one line naming the flag)
+            item = typing.get_args(base)[0] if typing.get_origin(base) is list else base
+            metavar = "{" + ",".join(choices) + "}" if choices else METAVARS.get(item, "VALUE")
+            if base is bool:
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                   help=flag_help(f))
+            elif typing.get_origin(base) is list:
+                group.add_argument(flag, dest=f.name, nargs="*", default=None, type=item if item is not str else None,
+                                   metavar=metavar, help=flag_help(f))
+            else:
+                group.add_argument(flag, dest=f.name, type=base, default=None, metavar=metavar, help=flag_help(f))
 
 
 def from_sources(cls: type, args: Optional[argparse.Namespace] = None, **overrides: Any):
