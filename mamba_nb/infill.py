@@ -27,6 +27,12 @@ prompt and the first generated tokens are constrained to spell it out again; the
 text starts after it. FIM prompts encode the prefix on its own in training too, so healing
 is on by default only for `mode="lm"`.
 
+Sentinels are never code. Whatever the prompt, generation never emits a special token other
+than the one that ends the middle (`<|endoftext|>`): left to right, a model trained with FIM
+regions would otherwise start a FIM sample after the prefix (`<fim_prefix><fim_suffix>...`)
+instead of writing the line; in a FIM prompt, a second `<fim_middle>` is no middle either.
+`special_ids` says which ids those are, for `suffix_gain` too.
+
 What it does not do: load checkpoints (see `model.load_checkpoint`),
 score infills (see `evaluate.py`), or batch prompts from different calls.
 """
@@ -44,7 +50,7 @@ import torch
 
 from mamba_nb.checkpoint import run_config_of, trained_context_len
 from mamba_nb.config import INFILL_MODE
-from mamba_nb.tokenizer import EOT, FimTokens
+from mamba_nb.tokenizer import EOT, SPECIAL_TOKENS, FimTokens
 
 MODES = ("psm", "spm", "lm")
 
@@ -383,9 +389,18 @@ def _generate_batch(model, tokenizer, rows: list[_Row], g: Generation) -> None:
         logits = out.logits[:, -1, :g.vocab_limit].float()
 
 
-def _vocab_limit(model, tokenizer) -> int:
+def vocab_limit(model, tokenizer) -> int:
     """Ids the model may emit: those the tokenizer knows (the embedding may be padded)."""
     return min(len(tokenizer), model.get_output_embeddings().weight.shape[0])
+
+
+def special_ids(tokenizer) -> set[int]:
+    """The id of every special token: those the tokenizer registers as special, and the course's
+    five (`tokenizer.SPECIAL_TOKENS`) whether registered or not. Why both: the course's own BPE
+    registers only `<|endoftext|>` and `<fim_pad>` with transformers, so `all_special_tokens`
+    alone leaves `<fim_prefix>`, `<fim_suffix>` and `<fim_middle>` free to be generated as text."""
+    vocab = tokenizer.get_vocab()
+    return {vocab[t] for t in (*tokenizer.all_special_tokens, *SPECIAL_TOKENS) if t in vocab}
 
 
 def _as_holes(prefix, suffix) -> tuple[bool, list[str], list[str]]:
@@ -440,16 +455,15 @@ def _special_ids(model, tokenizer, mode: str) -> tuple[Optional[FimTokens], int,
                              "Use mode='lm' for left-to-right completion, or fine-tune with FIM first "
                              "(`python -m mamba_nb train --pretrained ...`).") from None
         eot = fim.eot
-    vocab_limit = _vocab_limit(model, tokenizer)
-    special = {vocab[t] for t in tokenizer.all_special_tokens if t in vocab} | ({eot} if eot is not None else set())
+    limit = vocab_limit(model, tokenizer)
+    special = special_ids(tokenizer) | ({eot} if eot is not None else set())  # every sentinel, in every mode
     if fim is not None:
-        special |= {fim.prefix, fim.suffix, fim.middle, fim.pad}
-        too_big = [t for t in (fim.prefix, fim.suffix, fim.middle) if t >= vocab_limit]
+        too_big = [t for t in (fim.prefix, fim.suffix, fim.middle) if t >= limit]
         if too_big:
-            raise ValueError(f"the model's embedding has {vocab_limit} rows but the FIM token ids {too_big} are beyond "
+            raise ValueError(f"the model's embedding has {limit} rows but the FIM token ids {too_big} are beyond "
                              "it: this checkpoint was not trained with FIM tokens; resize it with "
                              "mamba_nb.model.resize_embeddings and fine-tune with FIM first")
-    return fim, eot, special, vocab_limit
+    return fim, eot, special, limit
 
 
 def _best(rows: list[_Row], n_holes: int) -> list[InfillResult]:
@@ -497,7 +511,7 @@ def infill(
     single, prefixes, suffixes = _as_holes(prefix, suffix)
     _check_settings(mode, max_new_tokens, temperature, top_p, best_of, batch_size)
     stop = [stop] if isinstance(stop, str) else list(stop)
-    fim, eot, special, vocab_limit = _special_ids(model, tokenizer, mode)
+    fim, eot, special, limit = _special_ids(model, tokenizer, mode)
     context_len = trained_context_len(model_source(model)) if context_len is None else context_len
     near_lines = resolve_near_lines(model, near_lines)
     heals = [""] * len(prefixes)
@@ -514,9 +528,10 @@ def infill(
             "Shorten the prefix, or pass a larger context_len= to keep more (the model was not trained on longer).",
             len(truncated)), stacklevel=2)
     g = Generation(max_new_tokens, float(temperature), float(top_p), stop, eot,
-                   torch.tensor(sorted(special - {eot}), dtype=torch.long),  # a middle is text ended by EOT
-                   fim.pad if fim is not None else (eot if eot is not None else 0), vocab_limit,
-                   _VocabStrings(tokenizer, vocab_limit, special) if any(heals) else None,
+                   # a middle is text ended by EOT, in every mode (ids past the embedding cannot come out anyway)
+                   torch.tensor(sorted(t for t in special - {eot} if t < limit), dtype=torch.long),
+                   fim.pad if fim is not None else (eot if eot is not None else 0), limit,
+                   _VocabStrings(tokenizer, limit, special) if any(heals) else None,
                    torch.Generator().manual_seed(seed) if temperature > 0 else None)
     was_training = model.training
     model.eval()

@@ -1,4 +1,5 @@
-"""infill: prompt layouts, batched == unbatched, stopping, best-of-n, healing, truncation, errors, CLI."""
+"""infill: prompt layouts, batched == unbatched, stopping, best-of-n, healing, truncation, no sentinel
+written as text, errors, CLI."""
 from __future__ import annotations
 
 import inspect
@@ -11,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mamba_nb.infill import InfillResult, _encode_near, _truncate, _VocabStrings, build_prompt, infill
-from mamba_nb.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimTokens
+from mamba_nb.infill import InfillResult, _encode_near, _truncate, _VocabStrings, build_prompt, infill, special_ids
+from mamba_nb.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimTokens, train_bpe
 from tiny_models import CODE, tiny_bpe, tiny_model
 
 
@@ -92,6 +93,47 @@ def test_best_of_prefers_samples_that_end_with_eot(tok):
         handle.remove()
     assert not all(r.clean for r in singles)
     assert all(r.clean for r in bests)
+
+
+@pytest.fixture(scope="module")
+def course_bpe():
+    """The course's own kind of tokenizer (`train_bpe`): transformers knows only <|endoftext|> and
+    <fim_pad> as special, the FIM sentinels are plain added tokens to it."""
+    return train_bpe([CODE, inspect.getsource(json)], vocab_size=400)
+
+
+def test_special_ids_are_the_five_sentinels_registered_or_not(course_bpe):
+    assert FIM_PREFIX not in course_bpe.all_special_tokens  # what makes `all_special_tokens` alone not enough
+    fim = FimTokens.from_tokenizer(course_bpe)
+    assert special_ids(course_bpe) == {fim.eot, fim.prefix, fim.middle, fim.suffix, fim.pad}
+
+
+@pytest.mark.parametrize("mode", ["lm", "spm", "psm"])
+def test_generation_never_writes_a_sentinel_as_text(course_bpe, mode):
+    """A model that rates every sentinel far above any code token still writes code, left to right
+    (the baseline a learner compares FIM with) and in a FIM prompt; <|endoftext|> alone may end it."""
+    model = tiny_model("mamba", course_bpe)
+    fim = FimTokens.from_tokenizer(course_bpe)
+    bias = torch.zeros(model.config.vocab_size)
+    bias[[fim.prefix, fim.middle, fim.suffix, fim.pad]] = 50.0  # each the greedy pick, were it allowed
+    handle = model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias)
+    seen: list[torch.Tensor] = []
+    feed = model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["input_ids"]),
+                                           with_kwargs=True)
+    written = [h for h in HOLES if h[0]]  # (left to right, an empty prefix is no prompt to continue)
+    prefixes, suffixes = [h[0] for h in written], [h[1] for h in written]
+    try:
+        results = infill(model, course_bpe, prefixes, suffixes, mode=mode, max_new_tokens=6, batch_size=2)
+        fed_back = {int(t) for ids in seen if ids.shape[1] == 1 for t in ids.flatten()}  # the generated tokens
+        assert not fed_back & {fim.prefix, fim.middle, fim.suffix, fim.pad}
+        assert all(r.text and "<fim_" not in r.text and not r.clean for r in results)
+        bias[fim.eot] = 60.0  # the one special token a middle may end with
+        ended = infill(model, course_bpe, prefixes, suffixes, mode=mode, max_new_tokens=6)
+        assert all(r.clean for r in ended)  # (left to right, healing may spell a token or so first)
+        assert mode == "lm" or all(r.text == "" for r in ended)
+    finally:
+        handle.remove()
+        feed.remove()
 
 
 def test_healing_moves_trailing_whitespace_into_the_generation(tok):
