@@ -6,7 +6,8 @@ every 1.5 minutes), then
     .venv/bin/python benchmarks/bench_curve.py --run runs/course-60min [--minutes 10 20 40 60]
 
 For the snapshot nearest each mark (training seconds, validations not counted): left-to-right
-bits per byte, the suffix gain (SPM prompt) on lines of `requests` (outside the corpus), exact
+bits per byte, the suffix gain (SPM prompt) on lines of `requests` (outside the corpus) beside its
+controls (the content gain, and the middle's loss after prefix only and after SPM), exact
 match and edit similarity of the FIM prompt and of prefix only on 200 held-out stdlib lines and
 200 `requests` lines, and HumanEval single-line pass@1 over all 1,033 tasks (in the sandbox).
 """
@@ -40,6 +41,8 @@ def score(snapshot: dict, ds, humaneval: bool) -> dict:
            "val_bpb": snapshot.get("val_bpb"), "val_loss": snapshot["val_loss"]}
     gain = suffix_gain(model, tok, sets[OUTSIDE_PACKAGE], modes=("spm",), context_len=ctx)
     out["gain"], out["gain_interval"] = gain["spm"]["gain"], gain["spm"]["interval"]
+    out["content_gain"], out["content_interval"] = gain["spm"]["content_gain"], gain["spm"]["content_interval"]
+    out["prefix_only_loss"], out["spm_loss"], out["best"] = gain["prefix_only_loss"], gain["spm"]["loss"], gain["best"]
     for name, holes in sets.items():
         for mode in ("spm", "lm"):
             r = _scores(holes, infill_holes(model, tok, holes, mode, ctx, name, False, cfg.max_line_tokens + LINE_SLACK))
@@ -90,14 +93,17 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     print(f"\n{'minutes':>7} {'step':>6} {'tokens':>10} {'val bpb':>8} {'suffix gain (requests)':>24} "
+          f"{'content gain (requests)':>24} {'middle loss prefix | SPM':>24} "
           f"{'stdlib EM / ES  fim | prefix':>30} {'requests EM / ES  fim | prefix':>32} {'HumanEval':>9}")
     for r in rows:
         lo, hi = r["gain_interval"]
+        c_lo, c_hi = r["content_interval"]
         cells = [f"{r[f'{n} spm']['exact_match']:.3f}/{r[f'{n} spm']['edit_similarity']:.3f} | "
                  f"{r[f'{n} lm']['exact_match']:.3f}/{r[f'{n} lm']['edit_similarity']:.3f}" for n in ("stdlib", "requests")]
         he = r.get("humaneval_single_pass1")
         print(f"{r['minutes']:7.1f} {r['step']:6d} {r['tokens_seen']:10,} {r['val_bpb'] or float('nan'):8.3f} "
-              f"{r['gain']:+8.3f} [{lo:+.3f}, {hi:+.3f}] {cells[0]:>30} {cells[1]:>32} "
+              f"{r['gain']:+8.3f} [{lo:+.3f}, {hi:+.3f}] {r['content_gain']:+8.3f} [{c_lo:+.3f}, {c_hi:+.3f}] "
+              f"{r['prefix_only_loss']:16.3f} | {r['spm_loss']:.3f} {cells[0]:>30} {cells[1]:>32} "
               f"{'-' if he is None else f'{he:.4f}':>9}")
     return 0
 

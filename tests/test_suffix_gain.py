@@ -1,4 +1,6 @@
-"""suffix_gain: teacher-forced middle losses equal a plain forward pass; the interval; the prompts fit."""
+"""suffix_gain: teacher-forced middle losses equal a plain forward pass (sentinels masked as in
+generation); the interval; the prompts fit; the controls (a derangement, a suffix-blind model's
+content gain of 0, the best prompt's loss)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from mamba_nb.holes import Hole
 from mamba_nb.infill import encode_prompts, split_near
-from mamba_nb.suffix_gain import bootstrap_interval, middle_losses, suffix_gain
+from mamba_nb.suffix_gain import bootstrap_interval, derangement, middle_losses, suffix_gain
 from mamba_nb.tokenizer import FimTokens
 from tiny_models import CODE
 
@@ -30,9 +32,12 @@ def holes(n_lines=None):
 
 
 def reference_losses(model, tokenizer, sequence: list[int], positions: list[int]) -> np.ndarray:
-    """-log p of sequence[t] at each t, from one unpadded forward pass of the whole sequence."""
+    """-log p of sequence[t] at each t, from one unpadded forward pass of the whole sequence, over
+    the tokenizer's ids (not the embedding's padding rows) but the sentinels a middle never holds."""
+    fim = FimTokens.from_tokenizer(tokenizer)
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([sequence])).logits[0].float()
+        logits = model(input_ids=torch.tensor([sequence])).logits[0, :, : len(tokenizer)].float()
+    logits[:, [fim.prefix, fim.middle, fim.suffix, fim.pad]] = -math.inf
     logp = torch.log_softmax(logits, -1)
     return np.array([-float(logp[t - 1, sequence[t]]) for t in positions])
 
@@ -134,3 +139,106 @@ def test_near_lines_come_from_the_checkpoint_only_when_asked(tmp_path):
     assert resolve_near_lines(model, FROM_CHECKPOINT) == (1, 2)
     assert resolve_near_lines(model, None) is None
     assert resolve_near_lines(model, (3, 3)) == (3, 3)
+
+
+def test_a_middle_that_spells_a_sentinel_still_has_a_finite_loss(model, tok):
+    hole = Hole("SEP = ", '"<fim_middle>"', "\n", "spells")
+    assert FimTokens.from_tokenizer(tok).middle in tok(hole.middle, add_special_tokens=False)["input_ids"]
+    for mode in ("lm", "spm"):
+        sums, _, _ = middle_losses(model, tok, [hole.prefix], [hole.middle], [hole.suffix], mode, context_len=64)
+        assert np.isfinite(sums).all()
+
+
+# --- the controls ---------------------------------------------------------------------------
+
+
+@given(n=st.integers(2, 300), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=100, deadline=None)
+def test_derangement_moves_every_hole_and_is_reproducible(n, seed):
+    perm = derangement(n, seed)
+    assert sorted(perm.tolist()) == list(range(n))  # a permutation: every suffix is used once
+    assert (perm != np.arange(n)).all()  # no hole keeps its own suffix
+    assert (derangement(n, seed) == perm).all()
+
+
+@pytest.mark.parametrize("n", [1, -1, 2.0, True])
+def test_derangement_of_fewer_than_two_is_a_clear_error(n):
+    with pytest.raises(ValueError, match=f"n={n!r}.*2 holes or more"):
+        derangement(n)
+    assert len(derangement(0)) == 0
+
+
+class SuffixBlind(torch.nn.Module):
+    """A FIM model that never reads a suffix: `inner` run on each sequence with the tokens between
+    <fim_suffix> and <fim_middle> (the suffix, in both layouts) taken out. It still reads the prefix
+    and the sentinels, so its FIM prompts differ from prefix only: a layout without content."""
+
+    def __init__(self, inner, fim: FimTokens):
+        super().__init__()
+        self.inner, self.fim = inner, fim
+
+    @property
+    def base_model(self):  # what `suffix_gain` calls, as on an HF model
+        return self
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids, use_cache=False):
+        import types
+
+        rows = []
+        for row in input_ids:
+            ids = row.tolist()
+            keep = list(range(len(ids)))
+            if self.fim.suffix in ids and self.fim.middle in ids:
+                s, m = ids.index(self.fim.suffix), ids.index(self.fim.middle)
+                keep = [t for t in keep if not s < t < m]
+            hidden = self.inner.base_model(input_ids=row[keep][None], use_cache=False).last_hidden_state[0]
+            out = torch.zeros(len(ids), hidden.shape[-1])  # the suffix's own positions are never scored
+            out[keep] = hidden
+            rows.append(out)
+        return types.SimpleNamespace(last_hidden_state=torch.stack(rows))
+
+
+@pytest.mark.parametrize("near_lines", [None, (1, 2)])
+def test_a_model_blind_to_the_suffix_has_no_content_gain_but_a_gain(model, tok, near_lines):
+    tasks = holes()
+    blind = SuffixBlind(model, FimTokens.from_tokenizer(tok))
+    report = suffix_gain(blind, tok, tasks, modes=("spm", "psm"), context_len=None, near_lines=near_lines)
+    seeing = suffix_gain(model, tok, tasks, modes=("psm",), context_len=None, near_lines=near_lines)
+    for mode in ("spm", "psm"):
+        r = report[mode]
+        assert r["content_gain"] == pytest.approx(0, abs=1e-5)
+        assert r["shuffled_loss"] == pytest.approx(r["loss"], abs=1e-5)
+        assert r["content_interval"][0] == pytest.approx(0, abs=1e-5) == r["content_interval"][1]
+        # ... while the suffix gain, measured against prefix only, is not 0: the layout alone moves it
+        assert abs(r["gain"]) > 1e-3
+    # The same network reading the suffix: the control sees its content (PSM, where the suffix sits
+    # right before the middle: an untrained network forgets the tokens before the prefix in SPM).
+    assert abs(seeing["psm"]["content_gain"]) > 1e-3
+
+
+def test_the_controls_are_the_differences_and_the_best_is_the_lowest_loss(model, tok):
+    report = suffix_gain(model, tok, holes(), modes=("spm", "psm"), context_len=64, seed=3)
+    losses = {"lm": report["prefix_only_loss"], "spm": report["spm"]["loss"], "psm": report["psm"]["loss"]}
+    best = report["best"]
+    assert best["loss"] == min(losses.values()) and losses[best["prompt"]] == best["loss"]
+    assert best["interval"] == (report["prefix_only_interval"] if best["prompt"] == "lm"
+                                else report[best["prompt"]]["loss_interval"])
+    assert best["interval"][0] <= best["loss"] <= best["interval"][1]
+    lo, hi = report["prefix_only_interval"]
+    assert lo <= report["prefix_only_loss"] <= hi
+    for mode in ("spm", "psm"):
+        r = report[mode]
+        assert r["content_gain"] == pytest.approx(r["shuffled_loss"] - r["loss"], abs=1e-9)
+        for value, (lo, hi) in ((r["content_gain"], r["content_interval"]), (r["loss"], r["loss_interval"])):
+            assert lo <= value <= hi
+    # the same seed gives the same figures (the derangement and the bootstrap are seeded)
+    assert suffix_gain(model, tok, holes(), modes=("spm",), context_len=64, seed=3)["spm"] == report["spm"]
+
+
+def test_one_hole_has_a_gain_but_no_content_control(model, tok):
+    report = suffix_gain(model, tok, holes()[:1], modes=("spm",), context_len=64)
+    assert math.isfinite(report["spm"]["gain"])
+    assert math.isnan(report["spm"]["content_gain"]) and math.isnan(report["spm"]["shuffled_loss"])

@@ -1,9 +1,11 @@
-"""viz.infill: the diff marks exactly the differences; the widget's button renders the infill; the curve."""
+"""viz.infill: the diff marks exactly the differences; the widget's button renders the infill; the curves; the
+content gain drawn beside the suffix gain."""
 from __future__ import annotations
 
 import html
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,3 +62,32 @@ def test_exact_match_curve_has_one_point_per_snapshot():
     line = fig.axes[0].get_lines()[0]
     assert list(line.get_xdata()) == [1000, 2000]
     assert list(line.get_ydata()) == [0.1, 0.2]
+
+
+def _gain(gain, content):
+    return {"gain": gain, "interval": [gain - 0.1, gain + 0.1], "content_gain": content,
+            "content_interval": [content - 0.05, content + 0.05]}
+
+
+def test_report_bars_put_the_content_gain_beside_the_gain():
+    from mamba_nb.viz.infill import plot_report
+
+    report = {"mode": "spm", "suffix_gain": {"requests lines": {"spm": _gain(0.3, 0.07), "psm": _gain(0.2, -0.02)}}}
+    _, gains = plot_report(report).axes
+    bars = gains.patches
+    assert [b.get_height() for b in bars] == pytest.approx([0.3, 0.2, 0.07, -0.02])  # gains, then content gains
+    assert [bool(b.get_hatch()) for b in bars] == [False, False, True, True]
+    for gain_bar, content_bar in zip(bars[:2], bars[2:]):  # side by side at the same layout's tick
+        assert content_bar.get_x() == pytest.approx(gain_bar.get_x() + 0.4)
+
+
+def test_gain_curve_draws_the_content_gain_with_its_interval():
+    from mamba_nb.viz.infill import plot_suffix_gain_curve
+
+    pts = [{"tokens_seen": 2000, "spm": _gain(0.25, 0.1)}, {"tokens_seen": 1000, "spm": _gain(0.2, 0.05)}]
+    ax = plot_suffix_gain_curve(pts).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["SPM content gain"].get_ydata()) == pytest.approx([0.05, 0.1])
+    assert list(lines["SPM suffix gain"].get_ydata()) == pytest.approx([0.2, 0.25])
+    bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections]  # one filled interval per line
+    assert len(bands) == 2 and bands[1].min() == pytest.approx(0.0) and bands[1].max() == pytest.approx(0.15)

@@ -164,9 +164,37 @@ def plot_exact_match_vs_tokens(points: Sequence[dict]):
     return fig
 
 
+def _gain_bars(ax, sets: dict) -> None:
+    """Per hole set and layout, the suffix gain (solid) beside the content gain (hatched), each with
+    its 95 % interval: how much of the gain is the suffix's content rather than the prompt's layout."""
+    labels, bars = [], []  # bars: (x, value, interval, content?)
+    pairs = any("content_gain" in gain[m] for gain in sets.values() for m in ("spm", "psm") if m in gain)
+    for name, gain in sets.items():
+        for mode in ("spm", "psm"):
+            if mode in gain:
+                g, x = gain[mode], len(labels)
+                labels.append(f"{name}, {mode}")
+                bars.append((x - 0.2 * pairs, g["gain"], g["interval"], False))
+                if "content_gain" in g:
+                    bars.append((x + 0.2, g["content_gain"], g["content_interval"], True))
+    for content in (False, True):
+        picked = [b for b in bars if b[3] == content]
+        if not picked:
+            continue
+        xs, values = [b[0] for b in picked], np.array([b[1] for b in picked])
+        err = [[v - b[2][0] for v, b in zip(values, picked)], [b[2][1] - v for v, b in zip(values, picked)]]
+        ax.bar(xs, values, 0.38 if pairs else 0.8, yerr=err, capsize=3, color="#f28e2b" if content else "#4e79a7",
+               hatch="//" if content else None, edgecolor="white" if content else None,
+               label="content gain (shuffled − true suffix)" if content else "suffix gain (prefix only − FIM)")
+    if labels:
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=25, ha="right")
+        ax.legend(fontsize=7)
+
+
 def plot_report(report: dict):
     """The evaluation table as bars → `Figure`: exact match and edit similarity of the FIM prompt
-    against prefix only (left); the suffix gain of each layout with its 95 % interval (right)."""
+    against prefix only (left); the suffix gain and the content gain of each layout with their 95 %
+    intervals (right)."""
     fig = figure(figsize=(9, 3.2))
     scores, gains = fig.subplots(1, 2)
     line = report.get("line", {})
@@ -181,22 +209,10 @@ def plot_report(report: dict):
     scores.set_ylim(0, 1)
     scores.set_title(f"held-out lines ({line.get('tasks', 0)} holes)", fontsize=9)
     scores.legend(fontsize=8)
-    sets = report.get("suffix_gain", {})
-    labels, values, lows, highs = [], [], [], []
-    for name, gain in sets.items():
-        for mode in ("spm", "psm"):
-            if mode in gain:
-                labels.append(f"{name}\n{mode}")
-                values.append(gain[mode]["gain"])
-                lows.append(gain[mode]["gain"] - gain[mode]["interval"][0])
-                highs.append(gain[mode]["interval"][1] - gain[mode]["gain"])
-    if labels:
-        gains.bar(range(len(values)), values, yerr=[lows, highs], capsize=3,
-                  color=["#4e79a7" if v > 0 else "#e15759" for v in values])
-        gains.set_xticks(range(len(values)), labels, fontsize=7)
+    _gain_bars(gains, report.get("suffix_gain", {}))
     gains.axhline(0, color="black", lw=0.8)
-    gains.set_ylabel("suffix gain (nats / token)")
-    gains.set_title("what reading the suffix is worth", fontsize=9)
+    gains.set_ylabel("nats / token")
+    gains.set_title("what the FIM prompt is worth, and the suffix's content", fontsize=9)
     for ax in (scores, gains):
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -204,9 +220,10 @@ def plot_report(report: dict):
 
 
 def plot_suffix_gain_curve(points: Sequence[dict]):
-    """Suffix gain (with its 95 % interval) of each snapshot against the tokens it had seen →
-    `Figure`: when does the model start to use the suffix? `points`: dicts with tokens_seen and,
-    per layout ("spm", "psm"), {"gain", "interval"}."""
+    """Suffix gain (solid) and content gain (dashed), each with its 95 % interval, of each snapshot
+    against the tokens it had seen → `Figure`: when does the model start to use the suffix?
+    `points`: dicts with tokens_seen and, per layout ("spm", "psm"), {"gain", "interval"} and,
+    when measured, {"content_gain", "content_interval"}."""
     pts = sorted(points, key=lambda p: p["tokens_seen"])
     fig = figure(figsize=(6, 3.2))
     ax = fig.add_subplot()
@@ -214,14 +231,18 @@ def plot_suffix_gain_curve(points: Sequence[dict]):
     for mode, color in (("spm", "#4e79a7"), ("psm", "#f28e2b")):
         if not pts or mode not in pts[0]:
             continue
-        ys = np.array([p[mode]["gain"] for p in pts])
-        lo = np.array([p[mode]["interval"][0] for p in pts])
-        hi = np.array([p[mode]["interval"][1] for p in pts])
-        ax.fill_between(xs, lo, hi, color=color, alpha=0.2)
-        ax.plot(xs, ys, "o-", color=color, label=f"{mode.upper()} prompt")
+        for value, interval, style, what in (("gain", "interval", "o-", "suffix gain"),
+                                             ("content_gain", "content_interval", "s--", "content gain")):
+            if value not in pts[0][mode]:
+                continue
+            ys = np.array([p[mode][value] for p in pts])
+            lo = np.array([p[mode][interval][0] for p in pts])
+            hi = np.array([p[mode][interval][1] for p in pts])
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.2 if value == "gain" else 0.1)
+            ax.plot(xs, ys, style, color=color, label=f"{mode.upper()} {what}")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("training tokens seen")
-    ax.set_ylabel("suffix gain (nats / token)")
+    ax.set_ylabel("nats / token")
     ax.grid(alpha=0.3)
     if pts:
         ax.legend(fontsize=8)
