@@ -114,7 +114,7 @@ def run_benchmark(model, tokenizer, cfg, checkpoint: Optional[str] = None, datas
     from mamba_nb.infill import infill_holes
     from mamba_nb.scores import edit_similarity, exact_match
     from mamba_nb.checkpoint import trained_context_len
-    from mamba_nb.sandbox import run_many
+    from mamba_nb.sandbox import SandboxUnavailable, run_many
 
     name = cfg.benchmark
     if name not in BENCHMARKS:
@@ -148,9 +148,14 @@ def run_benchmark(model, tokenizer, cfg, checkpoint: Optional[str] = None, datas
     if problems is not None:
         programs = [check_program(h, s.text, p) for h, p, ss in zip(holes, problems, by_task) for s in ss]
         started = time.perf_counter()
-        runs = run_many(programs, progress=progress, timeout_s=HUMANEVAL_TIMEOUT_S)
+        try:
+            runs = run_many(programs, progress=progress, timeout_s=HUMANEVAL_TIMEOUT_S)
+        except SandboxUnavailable as e:  # no isolation here: the programs are not run, the result says why
+            result.update(not_run=str(e), outcomes={"not run": len(programs)})
+            return result
         result["sandbox_s"] = round(time.perf_counter() - started, 2)
         result["isolated"] = all(r.isolated for r in runs)
+        result["sandbox"] = sorted({r.mode for r in runs})
         result["outcomes"] = dict(Counter(r.status for r in runs))
         passed = [sum(r.passed for r in runs[i * n:(i + 1) * n]) for i in range(len(holes))]
         result["pass_at_k"] = {str(k): float(np.mean([pass_at_k(n, c, k) for c in passed])) if holes else 0.0
@@ -184,6 +189,8 @@ def format_results(results: Sequence[dict]) -> str:
             ("prompt", [r["mode"] for r in results])]
     rows += [(f"pass@{k}", [f"{r['pass_at_k'][k]:.4f}" if k in r.get("pass_at_k", {}) else "-" for r in results])
              for k in ks]
+    if any("not_run" in r for r in results):
+        rows.append(("programs", [f"not run ({r['not_run']})" if "not_run" in r else "run" for r in results]))
     rows += [("exact match", [f"{r['exact_match']:.4f}" for r in results]),
              ("edit similarity", [f"{r['edit_similarity']:.4f}" for r in results]),
              ("model s / sandbox s", [f"{r['model_s']:.0f} / {r.get('sandbox_s', 0):.0f}" for r in results])]

@@ -122,3 +122,16 @@ def assert_same_tokens(a, b) -> None:
         assert np.array_equal(a.read(split, 0, n), b.read(split, 0, n))
         assert np.array_equal(a.doc_spans(split), b.doc_spans(split))
         assert a.sources(split) == b.sources(split)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """A test that needs model-written code run, on a machine with no sandbox (macOS, a kernel
+    without Landlock), skips with the sandbox's own one-line reason instead of failing; CI sets
+    MAMBA_NB_REQUIRE_SANDBOX=1, where it fails."""
+    outcome = yield
+    from mamba_nb.sandbox import SandboxUnavailable
+
+    error = outcome.excinfo[1] if outcome.excinfo else None
+    if isinstance(error, SandboxUnavailable) and os.environ.get("MAMBA_NB_REQUIRE_SANDBOX", "0") in ("", "0"):
+        outcome.force_exception(pytest.skip.Exception(f"no sandbox here: {error}", _use_item_location=True))
