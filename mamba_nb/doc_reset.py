@@ -5,13 +5,15 @@ one file, `<|endoftext|>`, the next file, and so on. Read as one stream, the rec
 the convolution) of one file flows into the next. With `reset_at_documents` every document starts
 afresh at its first token, as the model starts at inference (a prompt is one document):
 
-- Mamba-1: `scan.reset_states_at` zeroes the scan's decay at each start and cuts the convolution's
-  taps there (the fast path; on the kernels path causal-conv1d's `seq_idx` and our scan, see
-  `scan/patch.py`); HF's reference path ("hf") is refused.
+- our Mamba (`model.lm.MambaLM`, what `load_checkpoint` returns): the starts go into its forward
+  (`doc_starts`), Mamba-1 and Mamba-2 alike.
+- HF's Mamba-1 (training, today): `scan.reset_states_at` zeroes the scan's decay at each start and
+  cuts the convolution's taps there (the fast path; on the kernels path causal-conv1d's `seq_idx`
+  and our scan, see `scan/patch.py`); HF's reference path ("hf") is refused.
 - the Llama peer: position ids that restart at 0 at each start. HF's mask code reads a restart as a
   packed sequence and builds a block-diagonal causal mask, and the rotary positions count from each
   document's start: the same numbers as running the document alone.
-- Mamba-2: refused (HF's chunked PyTorch scan has no reset; `scan/patch.py` says so at the first step).
+- HF's Mamba-2: refused (HF's chunked PyTorch scan has no reset; `scan/patch.py` says so at the first step).
 
 The starts are the window's own document boundaries, carried through FIM as `batch["doc_starts"]`
 (`fim.FimResult.doc_starts`), never the `<|endoftext|>` that closes each FIM middle.
@@ -25,6 +27,7 @@ from typing import Optional
 
 import torch
 
+from mamba_nb.model.lm import MambaLM
 from mamba_nb.scan.conv import positions_in_document
 from mamba_nb.scan.patch import recompute_contexts, reset_states_at
 
@@ -38,6 +41,8 @@ def model_logits(model, input_ids: torch.Tensor, doc_starts: Optional[torch.Tens
     """`model(input_ids).logits` (B, L, V), no cache; with `doc_starts` ((B, L) bool, on the model's
     device) each document of a row read on its own (module docstring). What a run's step and its
     validation losses call, so both read windows the same way."""
+    if isinstance(getattr(model, "module", model), MambaLM):  # ours: the starts go into its forward
+        return model(input_ids, doc_starts=doc_starts)
     if doc_starts is None:
         return model(input_ids=input_ids, use_cache=False).logits
     if _model_type(model) == "llama":

@@ -13,12 +13,14 @@ a recurrent model remembers it best.
 Each piece is encoded on its own, exactly as the FIM transform encodes them in training.
 
 Batching. `prefix`/`suffix` may be lists: prompts are sorted by length, cut into batches,
-left-padded, and run with an attention mask. Mamba has no attention, but HF's Mamba and
-Mamba2 mixers zero the hidden states of masked positions before the convolution and before
-the scan, so a padded position leaves the state at its zero start: a left-padded row computes
-exactly what it computes alone (tests check batched greedy == unbatched greedy). Generation
-is our own token-by-token loop over the model's recurrent cache, so each row can stop on its
-own stop strings.
+left-padded, and run with an attention mask. Mamba has no attention, but its mixers (ours, and
+HF's) zero the hidden states of masked positions before the convolution and before the scan, so
+a padded position leaves the state at its zero start: a left-padded row computes exactly what it
+computes alone (tests check batched greedy == unbatched greedy). Generation is our own
+token-by-token loop, so each row can stop on its own stop strings: on our Mamba (`model.lm`) the
+prompt goes once through the parallel scan and each token is one O(1) recurrent step
+(`model.generate`: `prefill`, `step`, `DecodeState.keep`); an HF model (the Llama peer, the
+comparison) runs its own forward with its cache.
 
 Token healing. Byte-level BPE merges a newline with the next line's indentation, so a
 prompt that ends in whitespace ends in a token the model rarely saw at that place (for
@@ -50,6 +52,8 @@ import torch
 
 from mamba_nb.checkpoint import run_config_of, trained_context_len
 from mamba_nb.config import INFILL_MODE
+from mamba_nb.model import generate
+from mamba_nb.model.lm import MambaLM
 from mamba_nb.tokenizer import EOT, SPECIAL_TOKENS, FimTokens
 
 MODES = ("psm", "spm", "lm")
@@ -277,20 +281,6 @@ class _VocabStrings:
 # --- sampling ------------------------------------------------------------------------
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: Optional[torch.Generator]) -> torch.Tensor:
-    """Next token per row. logits (R, V) → ids (R,). Greedy when temperature == 0."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest set whose mass reaches top_p (always at least the top token)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-
-
 def _first_stop(text: str, stop: Sequence[str]) -> Optional[int]:
     hits = [text.find(s) for s in stop if s]
     hits = [h for h in hits if h >= 0]
@@ -326,6 +316,43 @@ class Generation:
     gen: Optional[torch.Generator]  # sampling's random stream
 
 
+def _is_ours(model) -> bool:
+    return isinstance(model, MambaLM)
+
+
+def _start(model, ids: torch.Tensor, mask: torch.Tensor):
+    """(logits (R, V) after each row's prompt, the recurrent state to continue from).
+
+    Our Mamba: the prompt through the parallel scan, then a fixed-size state per layer
+    (`model/generate.py`). An HF model (the Llama peer, or an HF Mamba passed in by hand): its
+    forward with its own cache."""
+    if _is_ours(model):
+        return generate.prefill(model, ids, mask)
+    out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], _cache_of(out)
+
+
+def _advance(model, state, nxt: torch.Tensor):
+    """Feed one token per row: nxt (R,) → (the next logits (R, V), the state after it). Ours
+    advances its state in place; HF's forward hands back its cache."""
+    if _is_ours(model):
+        return generate.step(model, state, nxt), state
+    out = model(input_ids=nxt[:, None], cache=state, use_cache=True)
+    return out.logits[:, -1], _cache_of(out)
+
+
+def _cache_of(out):
+    return out.cache if hasattr(out, "cache") else out.cache_params
+
+
+def _keep(model, state, idx: torch.Tensor) -> None:
+    """Keep only rows `idx` of the state (finished rows leave the batch)."""
+    if _is_ours(model):
+        state.keep(idx)
+    else:
+        state.reorder_cache(idx)
+
+
 @torch.no_grad()
 def _generate_batch(model, tokenizer, rows: list[_Row], g: Generation) -> None:
     device = next(model.parameters()).device
@@ -338,10 +365,10 @@ def _generate_batch(model, tokenizer, rows: list[_Row], g: Generation) -> None:
         ids[i, width - len(r.prompt):] = torch.tensor(r.prompt, dtype=torch.long)
         mask[i, width - len(r.prompt):] = 1
         r.remaining = r.heal
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
-    cache = out.cache if hasattr(out, "cache") else out.cache_params
-    live = list(range(len(rows)))  # rows[live[k]] is row k of `logits` and of the cache
-    logits = out.logits[:, -1, :g.vocab_limit].float()  # (R, V): padding rows of the embedding excluded
+    logits, state = _start(model, ids.to(device), mask.to(device))
+    live = list(range(len(rows)))  # rows[live[k]] is row k of `logits` and of the state
+    # (R, V): padding rows of the embedding excluded; a copy, as it is edited in place below
+    logits = logits[:, :g.vocab_limit].float().clone()
     for step in range(g.max_new_tokens):
         logits[:, g.banned] = -math.inf
         for k, i in enumerate(live):
@@ -352,7 +379,7 @@ def _generate_batch(model, tokenizer, rows: list[_Row], g: Generation) -> None:
                     logits[k].masked_fill_(~ok, -math.inf)
                 else:  # no token spells it (not a byte-level vocabulary): stop healing this row
                     r.heal, r.remaining = r.heal[: len(r.heal) - len(r.remaining)], ""
-        nxt = _pick(logits, g.temperature, g.top_p, g.gen)
+        nxt = generate.pick_next(logits, g.temperature, g.top_p, g.gen)  # greedy at 0, else nucleus
         logp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
         for k, i in enumerate(live):
             r = rows[i]
@@ -382,11 +409,10 @@ def _generate_batch(model, tokenizer, rows: list[_Row], g: Generation) -> None:
             # Drop finished rows from the batch and from the recurrent state: each row's
             # state is its own (no attention across rows), so the others are unaffected.
             idx = torch.tensor(keep, dtype=torch.long)
-            cache.reorder_cache(idx.to(device))
+            _keep(model, state, idx.to(device))
             nxt, live = nxt[idx], [live[k] for k in keep]
-        out = model(input_ids=nxt[:, None].to(device), cache=cache, use_cache=True)
-        cache = out.cache if hasattr(out, "cache") else out.cache_params
-        logits = out.logits[:, -1, :g.vocab_limit].float()
+        logits, state = _advance(model, state, nxt.to(device))
+        logits = logits[:, :g.vocab_limit].float().clone()
 
 
 def vocab_limit(model, tokenizer) -> int:

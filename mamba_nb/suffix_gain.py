@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from mamba_nb.infill import FROM_CHECKPOINT, encode_prompts, resolve_near_lines, special_ids, vocab_limit
+from mamba_nb.model.lm import MambaLM
 from mamba_nb.tokenizer import FimTokens
 
 BOOTSTRAP_SAMPLES = 1000
@@ -57,6 +58,14 @@ def _encode_middles(tokenizer, middles: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(list(middles), add_special_tokens=False)["input_ids"]]
 
 
+def _hidden_states(model, ids: torch.Tensor) -> torch.Tensor:
+    """The final-normed hidden states (R, W, D), before the output layer: our Mamba's
+    `hidden_states`, or an HF model's base model's last hidden state."""
+    if isinstance(model, MambaLM):
+        return model.hidden_states(ids)
+    return model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+
+
 @torch.no_grad()
 def _target_losses(model, sequences: list[list[int]], targets: list[list[int]], pad_id: int,
                    batch_size: int, limit: int, banned: Sequence[int]) -> list[np.ndarray]:
@@ -64,7 +73,7 @@ def _target_losses(model, sequences: list[list[int]], targets: list[list[int]], 
     sequence, never 0): -log p(token at t | tokens before t) over the ids below `limit` but those
     in `banned` (the distribution generation draws from)."""
     device = next(model.parameters()).device
-    if hasattr(model, "get_base_model"):  # a peft model (LoRA training): its HF model, adapters in place
+    if hasattr(model, "get_base_model"):  # a peft model (LoRA training): its model, adapters in place
         model = model.get_base_model()
     head = model.get_output_embeddings()
     banned_ids = torch.tensor(sorted(t for t in banned if t < limit), dtype=torch.long, device=device)
@@ -77,7 +86,7 @@ def _target_losses(model, sequences: list[list[int]], targets: list[list[int]], 
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         for r, i in enumerate(rows):
             ids[r, : len(sequences[i])] = torch.tensor(sequences[i])
-        hidden = model.base_model(input_ids=ids.to(device), use_cache=False).last_hidden_state  # (R, W, D)
+        hidden = _hidden_states(model, ids.to(device))  # (R, W, D)
         # The output layer only where a target is predicted: (T, D) @ (D, V), not (R, W, V).
         r_idx = torch.tensor([r for r, i in enumerate(rows) for _ in targets[i]])
         t_idx = torch.tensor([t for i in rows for t in targets[i]])

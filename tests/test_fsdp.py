@@ -17,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mamba_nb import checkpoint as ckpt
+from mamba_nb.doc_reset import model_logits
 from mamba_nb.config import TrainConfig
 
 WORLD = 2
@@ -122,7 +123,7 @@ def test_the_final_save_and_the_converted_shards_give_the_trained_logits(runs, t
     def logits_of(directory) -> torch.Tensor:
         model, _ = load_checkpoint(directory)
         with torch.no_grad():
-            return model(input_ids=PROBE, use_cache=False).logits
+            return model_logits(model, PROBE)
 
     # the run's final save also wrote the whole weights: latest/ is a plain HF directory
     torch.testing.assert_close(logits_of(runs / "once"), trained, rtol=0, atol=1e-6)

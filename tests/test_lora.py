@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("peft")
 
 from mamba_nb import checkpoint as ckpt  # noqa: E402
+from mamba_nb.doc_reset import model_logits  # noqa: E402
 from mamba_nb.lora import trainable_counts  # noqa: E402
 from mamba_nb.model import build_model, load_checkpoint, load_model  # noqa: E402
 from mamba_nb.train import train  # noqa: E402
@@ -53,7 +54,7 @@ def test_only_the_adapters_and_fim_rows_train_and_the_loss_falls(tiny_dataset, p
 
     def loss_of(model):
         with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"]).logits
+            logits = model_logits(model, batch["input_ids"])
         return training_loss(logits, batch["targets"], batch["middle_mask"]).item()
 
     before = loss_of(load_checkpoint(pretrained)[0])
@@ -68,10 +69,11 @@ def test_merged_model_equals_base_plus_adapter(tiny_dataset, pretrained, tmp_pat
     latest = tmp_path / "run" / "latest"
     unmerged, _ = load_model(latest, trainable=True)
     merged, _ = load_checkpoint(latest)
+    assert type(merged).__name__ == "MambaLM"  # inference runs on our model, the adapter merged into it
     ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a = unmerged.eval()(input_ids=ids).logits
-        b = merged(input_ids=ids).logits
+        b = merged(ids)  # our model, the adapter merged into its weights
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
     # and the merge-lora command writes a plain HF directory that loads without peft's help
     from transformers import AutoModelForCausalLM

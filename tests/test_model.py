@@ -189,9 +189,9 @@ def test_load_checkpoint_accepts_run_dir_latest_and_plain_dirs(tmp_path, tok):
     ids = torch.tensor([tok.encode("return a + b")])
     expected = model(input_ids=ids).logits
     for where in (tmp_path / "run", tmp_path / "run" / "latest", tmp_path / "plain"):
-        loaded, loaded_tok = load_checkpoint(where)
+        loaded, loaded_tok = load_checkpoint(where)  # our model (its forward gives the logits), same weights
         assert loaded_tok.get_vocab() == tok.get_vocab()
-        assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
+        assert torch.allclose(loaded(ids), expected, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_checkpoint(tmp_path / "missing")
 

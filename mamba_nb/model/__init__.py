@@ -1,14 +1,15 @@
 """The model package: today's HF-based path (`load.py`) and our own Mamba-1 / Mamba-2 beside it.
 
-- `load.py`: what training, LoRA, FSDP, infill and evaluation use today: the presets (and the Llama
-  peer), `build_model`, `load_model`, `load_checkpoint`, `model_from_config`, the FIM-token resize
-  and the scan path's name. Re-exported here, so `from mamba_nb.model import build_model` works.
-- Our own models, in the Hugging Face format (not wired into training yet): `mamba1.py` (the
-  Mamba-1 mixer in the paper's order), `mamba2.py` (Mamba-2, SSD), `lm.py` (the residual stack and
-  head both share), `scan.py` (the one place a scan path is chosen: CUDA kernels, our fast CPU
-  scan, or the readable reference), `kernels.py` (probing `mamba_ssm` / `causal_conv1d`),
-  `hf_format.py` (`save` / `load` of HF-format directories), `generate.py` (the prompt through the
-  parallel scan, then one O(1) recurrent step per token).
+- `load.py`: the presets (and the Llama peer), `build_model`, `load_model`, `load_checkpoint`,
+  `model_from_config`, the FIM-token resize and the scan path's name. Training, LoRA and FSDP use
+  HF's classes today; `load_checkpoint` (infill, evaluation, benchmarks) gives a Mamba as ours.
+  Re-exported here, so `from mamba_nb.model import build_model` works.
+- Our own models, in the Hugging Face format (inference runs on them; training not yet):
+  `mamba1.py` (the Mamba-1 mixer in the paper's order), `mamba2.py` (Mamba-2, SSD), `lm.py` (the
+  residual stack and head both share), `scan.py` (the one place a scan path is chosen: CUDA
+  kernels, our fast CPU scan, or the readable reference), `kernels.py` (probing `mamba_ssm` /
+  `causal_conv1d`), `hf_format.py` (`save` / `load` of HF-format directories), `generate.py` (the
+  prompt through the parallel scan, then one O(1) recurrent step per token).
 
 Not here: the training loop (`train.py`), checkpoint files of a run (`checkpoint.py`), the scan
 math itself (`mamba_nb/scan/`).

@@ -63,15 +63,24 @@ def load(path: Union[str, Path], device=None, dtype: torch.dtype = torch.float32
     weights = normalized(read_weights(directory))
     rows = weights["backbone.embeddings.weight"].shape[0] if "backbone.embeddings.weight" in weights else None
     config.vocab_size = _vocab_rows(config, rows, directory)
+    model = from_weights(config, weights, directory)
+    model.name_or_path = str(path)  # where it came from, as HF models say (infill reads the run's settings there)
+    return model.to(device=device, dtype=dtype).set_scan_path(scan_path)
+
+
+def from_weights(config, weights: dict[str, torch.Tensor], where) -> MambaLM:
+    """Our `MambaLM` for an HF `config` holding `weights` (HF's parameter names: a checkpoint's
+    tensors, or an HF model's `state_dict()`); `where` names their source in errors."""
     with torch.device("meta"):
-        model = MambaLM(config)  # shapes only: every value comes from the checkpoint
+        model = MambaLM(config)  # shapes only: every value comes from the weights
+    weights = dict(weights)
     if config.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
-    _check_keys(model, weights, directory)
+    _check_keys(model, weights, Path(str(where)))
     model.load_state_dict(weights, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.backbone.embeddings.weight  # `assign` replaced the tied Parameter
-    return model.to(device=device, dtype=dtype).set_scan_path(scan_path)
+    return model
 
 
 def local_directory(path: Union[str, Path]) -> Path:
@@ -140,13 +149,18 @@ def _from_state_spaces(fields: dict, where) -> dict:
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint in `directory`: safetensors (one file or sharded) or pytorch_model.bin."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     files = sorted(directory.glob("*.safetensors"))
     if files:
         weights = {}
         for f in files:
-            weights.update(load_file(str(f)))
+            try:
+                weights.update(load_file(str(f)))
+            except SafetensorError as err:  # a weights file cut short (a copy interrupted, a full disk)
+                raise ValueError(f"the weights (*.safetensors) in {str(directory)!r} are damaged ({err}); restore the "
+                                 "directory, or use a snapshot of the run (its snapshots/ folder)") from None
         return weights
     bins = sorted(directory.glob("pytorch_model*.bin"))
     if bins:

@@ -87,6 +87,7 @@ class MambaLM(nn.Module):
             self.lm_head.weight = self.backbone.embeddings.weight  # one matrix: reading and writing tokens
         # True: each block's activations are recomputed in the backward pass instead of kept (training only)
         self.gradient_checkpointing = False
+        self.name_or_path = ""  # the directory or hub id it was loaded from (`hf_format.load`), as HF models say
         self.init_weights()
 
     @torch.no_grad()

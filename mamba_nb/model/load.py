@@ -3,7 +3,7 @@
 Because the model *is* the HF class, a checkpoint saved here loads anywhere
 `transformers` runs, and a public `state-spaces/mamba-*-hf` checkpoint fine-tunes here.
 (Our own Mamba-1/Mamba-2 code, in the same format, sits beside it in this package:
-`mamba1.py`, `mamba2.py`, `hf_format.py`; training does not use it yet.)
+`mamba1.py`, `mamba2.py`, `hf_format.py`; inference runs on it, training does not use it yet.)
 
 - `PRESETS`: named sizes. `micro` (tests), `tiny` (the CPU course), and the public
   checkpoint sizes `130m` ... `2.8b` (Mamba-1 numbers from `state-spaces/mamba-*-hf`;
@@ -13,7 +13,8 @@ Because the model *is* the HF class, a checkpoint saved here loads anywhere
   local directory, one code path), grown to the tokenizer's vocabulary (`resize_embeddings`),
   with the selective-scan path installed (`mamba_nb.scan.apply_scan_path`).
 - `load_checkpoint(dir)`: any directory saved by this project (a run dir, its `latest/`, a
-  snapshot) or any HF Mamba directory → `(model, tokenizer)`.
+  snapshot, a LoRA run: its adapter merged) or any HF Mamba directory → `(model, tokenizer)`, the
+  model our `lm.MambaLM` (read by `hf_format.load`), the Llama peer HF's class.
 - `model_from_config(dir)`: the architecture a checkpoint's config.json describes, without its
   weights (an FSDP checkpoint's weights are in its shards: `fsdp.py`).
 
@@ -88,7 +89,8 @@ _ARCH_DEFAULTS = {
 }
 
 SCAN_NAMES = {"kernels": "fused kernels (mamba-ssm / causal-conv1d)", "fast": "fast CPU scan",
-              "hf": "PyTorch HF reference path", "attention": "none (a transformer: attention, SDPA)"}
+              "hf": "PyTorch HF reference path", "reference": "readable PyTorch reference scan",
+              "attention": "none (a transformer: attention, SDPA)"}
 
 
 def scan_name(path: str) -> str:
@@ -286,14 +288,21 @@ def _with_lora(model, cfg, tokenizer, source: str):
 
 
 def load_model(path, scan: str = "auto", device=None, trainable: bool = False):
-    """`(model, scan_path)`: the HF Mamba saved in directory `path`, on `device`, with the selective-scan
-    path installed (what resuming a run and `load_checkpoint` both use). A LoRA checkpoint (an
-    adapter) is put on its base: merged into it, or (`trainable`, to resume) as a peft model."""
+    """`(model, scan_path)`: the model saved in directory `path`, on `device` (what resuming a run and
+    `load_checkpoint` both use). For inference, a Mamba is ours (`lm.MambaLM`, read by
+    `hf_format.load`: directories written by HF's `save_pretrained` too); to resume (`trainable`) it
+    is HF's class with the selective-scan path installed. A LoRA checkpoint (an adapter) is put on
+    its base: merged into it, or (`trainable`) as a peft model. The Llama peer is always HF's."""
     from mamba_nb import lora
     from mamba_nb.checkpoint import check_weights_present
 
     check_weights_present(path)
     adapter = lora.is_adapter(path)
+    if not trainable and not adapter and _holds_mamba(path):
+        from . import hf_format
+
+        model = hf_format.load(path, device=device, scan_path=_our_scan(scan))
+        return model, _our_resolved_scan(model, scan)
     model = _load_pretrained(lora.adapter_base(path) if adapter else str(path))
     if adapter:  # the base grows the FIM rows the adapter was trained with (same seed, same rows)
         from transformers import AutoTokenizer
@@ -306,7 +315,48 @@ def load_model(path, scan: str = "auto", device=None, trainable: bool = False):
         model = lora.load_adapter(model, path, trainable=trainable)
         if not trainable:
             model = model.merge_and_unload()
+            if model.config.model_type in ARCHS:  # the merged weights, in our model
+                model = _as_ours(model, path, scan)
+                scan_path = _our_resolved_scan(model, scan)
     return model, scan_path
+
+
+def _holds_mamba(path) -> bool:
+    """Whether config.json in `path` describes a Mamba (HF's, or state-spaces' without a model_type)."""
+    import json
+    from pathlib import Path
+
+    try:
+        fields = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):  # unreadable: HF's loader below says what is wrong with it
+        return False
+    return isinstance(fields, dict) and (fields.get("model_type") in ARCHS or
+                                         ("model_type" not in fields and "d_model" in fields))
+
+
+def _our_scan(scan: str) -> str:
+    """Our scan path for a run's `scan` setting: HF's reference path ("hf") is our readable reference."""
+    return "reference" if scan == "hf" else scan
+
+
+def _our_resolved_scan(model, scan: str) -> str:
+    """The path our model's "auto" resolves to on its device ("kernels" or "fast"); others as given."""
+    from . import scan as scans
+
+    path = _our_scan(scan)
+    if path != "auto":
+        return path
+    return "kernels" if scans.kernels_for("auto", model.lm_head.weight) is not None else "fast"
+
+
+def _as_ours(hf_model, path, scan: str):
+    """Our `MambaLM` holding an HF Mamba's weights (a merged LoRA model), as it was: device, dtype, mode."""
+    from . import hf_format
+
+    weight = hf_model.lm_head.weight
+    model = hf_format.from_weights(hf_model.config, hf_model.state_dict(), path)
+    model.name_or_path = str(path)
+    return model.to(device=weight.device, dtype=weight.dtype).set_scan_path(_our_scan(scan))
 
 
 def model_from_config(path, scan: str = "auto", device=None):
@@ -324,7 +374,8 @@ def model_from_config(path, scan: str = "auto", device=None):
 
 
 def load_checkpoint(path, scan: str = "auto", device: Optional[str] = None):
-    """`(model, tokenizer)` from a run dir, `latest/`, a snapshot, or any HF Mamba directory, in eval mode."""
+    """`(model, tokenizer)` from a run dir, `latest/`, a snapshot, or any HF Mamba directory, in eval mode.
+    A Mamba comes back as our `lm.MambaLM` (`model(ids)` is the logits); the Llama peer as HF's class."""
     from transformers import AutoTokenizer
 
     from mamba_nb.checkpoint import resolve_checkpoint_dir
