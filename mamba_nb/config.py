@@ -185,6 +185,12 @@ def setting(default: Any = None, help: str = "", *, factory: Optional[Callable[[
     return field(default=default, metadata=metadata)
 
 
+def _storage_options_help(flag: str) -> str:
+    """The words of every stage's `storage_options` (one setting, read for the stage's `flag`)."""
+    return (f"Lance storage options for a remote {flag}: key=value items or YAML files of them (the environment's "
+            "AWS_*, ... are read too)")
+
+
 def help_of(f: dataclasses.Field) -> str:
     """A field's explanation (its `help`)."""
     return f.metadata.get("help", "")
@@ -247,9 +253,7 @@ class DataConfig(Checked):
     overwrite: bool = setting(False, "replace the dataset at --out-dir; without it one built with the same settings "
                                      "is reused, one with other settings refused", group="output")
     # secrets are better left in the environment (AWS_SECRET_ACCESS_KEY, ...), which is read too
-    storage_options: list[str] = setting(factory=list, group="output",
-                                         help="Lance storage options for a remote --out-dir: key=value items or YAML "
-                                              "files of them (the environment's AWS_*, ... are read too)")
+    storage_options: list[str] = setting(factory=list, group="output", help=_storage_options_help("--out-dir"))
     build_engine: str = setting("local", "local: one process; ray: tokenize and write in parallel Ray tasks (pip "
                                          "install -e '.[scale]'; RAY_ADDRESS joins a running cluster), the same output",
                                 group="output")
@@ -321,9 +325,7 @@ class TrainConfig(WindowConfig, ModelConfig):
 
     dataset: str = setting(DEFAULT_DATA_DIR, "the token dataset (build-dataset's --out-dir): a directory or an "
                                              "object-store URI (s3://...)", group="data")
-    storage_options: list[str] = setting(factory=list, group="data",
-                                         help="Lance storage options for a remote --dataset: key=value items or YAML "
-                                              "files of them (the environment's AWS_*, ... are read too)")
+    storage_options: list[str] = setting(factory=list, group="data", help=_storage_options_help("--dataset"))
     dataset_cache: Optional[str] = setting(None, "where a remote dataset's fragments are copied as reads need them; "
                                                  "none: read the store directly; unset: ~/.cache/mamba_nb/datasets",
                                            group="data")
@@ -421,9 +423,7 @@ class EvalConfig(Checked):
                                                "directory", group="model and data")
     dataset: str = setting(DEFAULT_DATA_DIR, "the dataset whose validation split gives the held-out holes and loss "
                                              "windows", group="model and data")
-    storage_options: list[str] = setting(factory=list, group="model and data",
-                                         help="Lance storage options for a remote --dataset: key=value items or YAML "
-                                              "files of them (the environment's AWS_*, ... are read too)")
+    storage_options: list[str] = setting(factory=list, group="model and data", help=_storage_options_help("--dataset"))
     dataset_cache: Optional[str] = setting(None, "where a remote dataset's fragments are copied as reads need them; "
                                                  "none: read the store directly; unset: ~/.cache/mamba_nb/datasets",
                                            group="model and data")
