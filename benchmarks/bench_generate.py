@@ -8,18 +8,24 @@ a `--prompt-len` (256) token prompt, then `--new-tokens` (64) greedy tokens, in 
 - HF Mamba: `MambaForCausalLM.generate` with today's scan path (`apply_scan_path(model, "fast")`);
 - Llama: HF's `LlamaForCausalLM.generate` (SDPA, KV cache), the same-size `--arch llama` peer.
 
-Each is timed `--repeats` times, interleaved, and the median is kept; tokens/s counts the new
-tokens over the whole call (prefill included). Printed as tokens/s and as ratios to HF Mamba and to
-the Llama measured in the same run. The same greedy tokens from ours and HF's Mamba are checked.
+Each is timed `--repeats` times, interleaved, and the median is kept (with the min-max spread);
+tokens/s counts the new tokens over the whole call (prefill included). Printed as tokens/s and as
+ratios to HF Mamba and to the Llama measured in the same run. The same greedy tokens from ours and
+HF's Mamba are checked. `ours_all_threads` is ours with its decoding steps on every torch thread
+(`generate.ONE_THREAD_ROWS` = 0), the one-thread rule's effect measured in the same run. Then ours'
+prefill and one step, timed on their own, and the bound for a step: it reads every weight but the
+embedding once (15.4 MB in fp32, half of it the 8k-row head) at the memory bandwidth measured here
+and now (a 256 MB tensor copy).
 
     .venv/bin/python benchmarks/bench_generate.py [--prompt-len 256] [--new-tokens 64] [--repeats 5] [--threads N]
 
-On shared cores pass `--threads 1`: a decoding step is ~20 small matmuls, and with 2 threads on 2
-busy cores every one of them waits for the slower thread (seen: 2.1 ms a step on 1 thread, 14 ms on
-2, while other jobs ran). The bound for a step: it reads every weight but the embedding once, about
-3.9M parameters (16 MB in fp32, half of it the 8k-row head), so bytes / memory bandwidth.
-First run (2 busy cores, --threads 1, 3 repeats): ours 683 tokens/s, HF Mamba 416 (x1.64), Llama
-387 (x1.77); the 256-token prefill is ~55 ms of ours' ~94 ms, a step ~0.6 ms.
+Measured (2 shared cores, torch's 2 threads, 5 repeats, a quiet moment): ours 868 tokens/s, HF
+Mamba 352 (x2.46), Llama 379 (x2.29); ours' prefill 32 ms, a step 1.2 ms against a bound of
+0.46 ms (38%: the rest is per-op dispatch, ~550 aten calls a step). After a 4,096-token prompt
+(3 repeats, busier): ours 116, HF Mamba 36 (x3.3), Llama 46 (x2.5; fastest calls 304 against 93,
+x3.3); the prefill is 168 ms of ours' ~220 ms there. With other jobs on the cores, steps on every
+thread fall apart (seen: 34 against 266 tokens/s): each of a step's tiny ops waits for the slower
+thread.
 """
 from __future__ import annotations
 
@@ -64,8 +70,52 @@ def runners(ours, hf, llama, new: int):
         return lambda ids: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
                                           min_new_tokens=new, do_sample=False, pad_token_id=0)[:, ids.shape[1]:]
 
-    return {"ours": lambda ids: gen.generate(ours, ids, max_new_tokens=new),
+    def all_threads(ids):  # ours with its steps on every torch thread (the one-thread rule off): that lever alone
+        rows, gen.ONE_THREAD_ROWS = gen.ONE_THREAD_ROWS, 0
+        try:
+            return gen.generate(ours, ids, max_new_tokens=new)
+        finally:
+            gen.ONE_THREAD_ROWS = rows
+
+    return {"ours": lambda ids: gen.generate(ours, ids, max_new_tokens=new), "ours_all_threads": all_threads,
             "hf_mamba": hf_generate(hf), "llama": hf_generate(llama)}
+
+
+def bandwidth_gbs(reps: int = 5) -> float:
+    """This machine's memory bandwidth now: a 256 MB tensor copied (read + write), median of `reps`."""
+    src = torch.ones(64 << 20)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / statistics.median(times) / 1e9
+
+
+def step_bytes(model) -> int:
+    """Bytes of weights one decoding step reads: every parameter but the embedding (one row of it)."""
+    embedding = model.backbone.embeddings.weight
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not embedding
+               or model.config.tie_word_embeddings)
+
+
+def prefill_and_step(ours, ids, new: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of ours' prefill of `ids`, and of one decoding step (timed over `new` steps after it)."""
+    from mamba_nb.model import generate as gen
+
+    prefills, steps = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        logits, state = gen.prefill(ours, ids)
+        prefills.append(time.perf_counter() - start)
+        token = logits.argmax(-1)
+        start = time.perf_counter()
+        for _ in range(new):
+            token = gen.step(ours, state, token).argmax(-1)
+        steps.append((time.perf_counter() - start) / new)
+    return statistics.median(prefills), statistics.median(steps)
 
 
 def main(argv=None) -> None:
@@ -89,11 +139,18 @@ def main(argv=None) -> None:
             fn(ids)
             times[name].append(time.perf_counter() - start)
     rate = {name: args.new_tokens / statistics.median(t) for name, t in times.items()}
+    gbs = bandwidth_gbs()
+    bound = gbs * 1e9 / step_bytes(ours)
+    prefill_s, step_s = prefill_and_step(ours, ids, args.new_tokens, args.repeats)
     print(f"greedy, batch 1, {args.prompt_len}-token prompt + {args.new_tokens} new, tiny preset, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}; ours and HF's Mamba give the same tokens: {same}")
     for name, r in rate.items():
-        print(f"  {name:9s} {r:8.1f} tokens/s   x{r / rate['hf_mamba']:.2f} HF Mamba   x{r / rate['llama']:.2f} Llama")
-
+        print(f"  {name:16s} {r:8.1f} tokens/s   x{r / rate['hf_mamba']:.2f} HF Mamba   x{r / rate['llama']:.2f} Llama"
+              f"   (min-max {args.new_tokens / max(times[name]):.1f}-{args.new_tokens / min(times[name]):.1f})")
+    print(f"ours: the prefill {prefill_s * 1e3:.0f} ms, a step {step_s * 1e3:.2f} ms ({1 / step_s:.0f} steps/s; "
+          f"timed on their own)")
+    print(f"bound: {step_bytes(ours) / 1e6:.1f} MB of weights a step at {gbs:.1f} GB/s (a 256 MB copy, now) = "
+          f"{bound:.0f} steps/s; ours' steps reach {100 / step_s / bound:.0f}% of it")
 
 if __name__ == "__main__":
     main()

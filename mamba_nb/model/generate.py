@@ -24,6 +24,7 @@ anything for the HF model classes (they have their own `generate`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -70,10 +71,34 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tenso
     return model.lm_head(h.to(model.lm_head.weight.dtype)).float(), state
 
 
+# Up to this many rows a decoding step runs on one CPU thread (`decode_threads`).
+ONE_THREAD_ROWS = 8
+
+
+@contextlib.contextmanager
+def decode_threads(rows: int, device: torch.device):
+    """One torch thread within, for a step of at most ONE_THREAD_ROWS rows on CPU.
+
+    A step is a few dozen tiny ops (matrix-vector products of a few hundred rows): split over
+    threads, each op costs a thread-pool wake-up and a barrier worth more than the work, and on
+    shared cores every op waits for the slowest thread (measured: benchmarks/bench_generate.py).
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or rows > ONE_THREAD_ROWS or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.inference_mode()
 def step(model, state: DecodeState, token_ids: torch.Tensor) -> torch.Tensor:
     """Feed token_ids (b,) → the next logits (b, V); `state` advanced in place."""
-    return model.step(token_ids, state)
+    with decode_threads(token_ids.shape[0], token_ids.device):
+        return model.step(token_ids, state)
 
 
 def pick_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
@@ -111,7 +136,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
     logits, state = prefill(model, input_ids, attention_mask)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), decode_threads(input_ids.shape[0], input_ids.device):
         for i in range(max_new_tokens):
             nxt = pick_next(logits, temperature, top_p, generator).masked_fill(done, pad)
             out.append(nxt)

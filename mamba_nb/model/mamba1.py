@@ -82,7 +82,39 @@ class MambaMixer(nn.Module):
 
     def forward(self, h, attention_mask=None, doc_starts=None, state=None):
         """h (b, L, H) → (b, L, H). `state`: a `generate.LayerState` to fill with the conv window and the
-        final scan state (a prompt's prefill), else None."""
+        final scan state (a prompt's prefill), else None.
+
+        Two forms of the same steps: channels-first (b, D, L), the layout mamba-ssm's kernels and the
+        reference take; and time-major (L, b, D), the layout our fast scan's recurrence runs in, used
+        wherever the kernels are not (CPU): there every (b, L, D) tensor would need a permute copy on
+        its way into the scan and out of it (about a tenth of a training step).
+        """
+        if self.scan_path == "reference" or scan.kernels_for(self.scan_path, h) is not None:
+            return self.forward_channels_first(h, attention_mask, doc_starts, state)
+        return self.forward_time_major(h, attention_mask, doc_starts, state)
+
+    def forward_time_major(self, h, attention_mask=None, doc_starts=None, state=None):
+        """`forward` on the fast scan, every D-wide tensor time-major (L, b, ·): only h (b, L, H), a
+        quarter of in_proj's output, is transposed, on the way in and out."""
+        xz = self.in_proj(masked(h, attention_mask).transpose(0, 1))  # (L, b, 2D)
+        mask = None if attention_mask is None else attention_mask.t()[:, :, None]  # (L, b, 1)
+        A = -torch.exp(self.A_log.float())  # (D, N), < 0: every mode decays
+        x, z = xz.chunk(2, dim=-1)  # (L, b, D) each: the scan's input and its gate
+        if state is not None:
+            state.conv.copy_(scan.conv_state_of(x.permute(1, 2, 0), self.K))
+        x = scan.causal_conv_time_major(x, self.conv1d.weight[:, 0], self.conv1d.bias, doc_starts=doc_starts)
+        if mask is not None:
+            x = (x * mask).to(x.dtype)
+        dt, B, C = self.x_proj(x).split([self.R, self.N, self.N], dim=-1)  # (L, b, R), (L, b, N), (L, b, N)
+        dt = F.linear(dt, self.dt_proj.weight)  # (L, b, D); its bias and softplus: inside the scan
+        y, last = scan.selective_scan_time_major(x, dt, A, B, C, self.D.float(), z, self.dt_proj.bias.float(),
+                                                 doc_starts=doc_starts)
+        if state is not None:
+            state.ssm.copy_(last)
+        return self.out_proj(y.to(h.dtype)).transpose(0, 1)  # (b, L, H)
+
+    def forward_channels_first(self, h, attention_mask=None, doc_starts=None, state=None):
+        """`forward` in the (b, D, L) layout: mamba-ssm's kernels (and their fused training kernel), the reference."""
         xz = self.in_proj(masked(h, attention_mask)).transpose(1, 2)  # (b, 2D, L)
         A = -torch.exp(self.A_log.float())  # (D, N), < 0: every mode decays
         plain = attention_mask is None and doc_starts is None and state is None

@@ -2,8 +2,10 @@
 
 The mixer (`mamba1.py`) calls five functions; each picks its path from `path` and the tensors:
 
-- `selective_scan`: the selective scan over a sequence, softplus(dt + dt_bias) inside.
-- `causal_conv`: the causal depthwise convolution + SiLU (taps cut at document starts if given).
+- `selective_scan`: the selective scan over a sequence, softplus(dt + dt_bias) inside;
+  `selective_scan_time_major`, the fast one on (L, b, d) tensors (the mixer's CPU path).
+- `causal_conv`: the causal depthwise convolution + SiLU (taps cut at document starts if given);
+  `causal_conv_time_major`, the same on (L, b, c) tensors (the mixer's CPU path).
 - `conv_state_of`, `conv_step`, `ssm_step`: the conv window and scan state a prompt leaves, and one
   O(1) step of each for a generated token.
 - `fused_inner`: mamba-ssm's whole-mixer training kernel (`mamba_inner_fn`), or None.
@@ -101,6 +103,15 @@ def selective_scan(u, dt, A, B, C, D=None, z=None, dt_bias=None, *, doc_starts=N
     return out if return_last_state else (out, None)
 
 
+def selective_scan_time_major(u, dt, A, B, C, D=None, z=None, dt_bias=None, *, doc_starts=None):
+    """`(y, last)` on the fast scan in its own layout: u, dt, z (L, b, d); B, C (L, b, n); doc_starts (b, L).
+
+    The mixer's CPU path (`mamba1.MambaMixer.forward_time_major`): no permute copies around the scan,
+    and on CPU float32 softplus(dt + dt_bias), the D skip and the gate run inside the C kernel.
+    """
+    return fast.scan_time_major(u, dt, A, B, C, D, z, dt_bias, starts=None if doc_starts is None else doc_starts.t())
+
+
 def causal_conv(x, weight, bias=None, *, doc_starts=None, path: str = "auto"):
     """x (b, c, L), weight (c, K), bias (c,) → SiLU(causal depthwise conv of x) (b, c, L)."""
     found = kernels_for(path, x)
@@ -118,6 +129,59 @@ def causal_conv(x, weight, bias=None, *, doc_starts=None, path: str = "auto"):
     return F.silu(out).to(x.dtype)
 
 
+class _ShiftConv(torch.autograd.Function):
+    """out[t] = bias + sum_j weight[:, K-1-j] * x[t-j] * keep_j[t], time-major, with its own backward.
+
+    x (L, b, c), weight (c, K), bias (c,) or None, keep (L, b, 1) float or None: how far each token is
+    from its document's start (a tap j is kept where it is >= j). Its own backward because autograd
+    through K in-place slice updates writes a zeroed full-size gradient and a copy per slice (over
+    half of the conv's cost); here each tap is one multiply-add per direction.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, since):
+        L, K = x.shape[0], weight.shape[-1]
+        out = x * weight[:, K - 1] if bias is None else torch.addcmul(bias, x, weight[:, K - 1])  # lag 0
+        for lag in range(1, min(K, L)):
+            term = x[: L - lag] * weight[:, K - 1 - lag]  # (L-lag, b, c): x[t-lag] for t >= lag
+            if since is not None:
+                term.mul_(since[lag:] >= lag)  # the tap stays inside the document
+            out[lag:] += term
+        ctx.save_for_backward(x, weight, since)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, since = ctx.saved_tensors
+        L, K = x.shape[0], weight.shape[-1]
+        g = g.contiguous()
+        grad_x = g * weight[:, K - 1]
+        grad_w = torch.empty_like(weight)
+        grad_w[:, K - 1] = (g * x).sum((0, 1))
+        for lag in range(1, K):
+            if lag >= L:
+                grad_w[:, K - 1 - lag] = 0
+                continue
+            g_lag = g[lag:] if since is None else g[lag:] * (since[lag:] >= lag)  # (L-lag, b, c)
+            grad_x[: L - lag].addcmul_(g_lag, weight[:, K - 1 - lag])
+            grad_w[:, K - 1 - lag] = (g_lag * x[: L - lag]).sum((0, 1))
+        grad_b = g.sum((0, 1)) if ctx.has_bias else None
+        return grad_x, grad_w, grad_b, None
+
+
+def causal_conv_time_major(x, weight, bias=None, *, doc_starts=None):
+    """x (L, b, c) time-major, weight (c, K), bias (c,) → SiLU(causal depthwise conv of x) (L, b, c).
+
+    The conv as K shifted multiply-adds over whole (b, c) rows: position t reads x[t-K+1 .. t], a tap
+    dropped where the token it reads lies before the current document's start (`doc_starts` (b, L)).
+    Why not F.conv1d: on CPU its depthwise backward took seconds a layer on a 2,048-token row (over
+    80 % of a training step there); these few whole-tensor passes take milliseconds.
+    """
+    since = None if doc_starts is None else cut_conv.positions_in_document(doc_starts).t()[:, :, None]  # (L, b, 1)
+    return F.silu(_ShiftConv.apply(x.to(weight.dtype), weight, bias, since))
+
+
 def conv_state_of(x: torch.Tensor, K: int) -> torch.Tensor:
     """The conv window after a prompt x (b, c, L): its last K inputs (b, c, K), zeros before its start."""
     window = x[..., -K:]
@@ -129,9 +193,10 @@ def conv_step(x, conv_state, weight, bias=None, *, path: str = "auto"):
     found = kernels_for(path, x)
     if found is not None:
         return found.causal_conv1d_update(x, conv_state, weight, bias, activation="silu")
-    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))  # drop the oldest input
-    conv_state[:, :, -1] = x
-    out = torch.einsum("bck,ck->bc", conv_state, weight)  # (b, c): the window against the taps
+    # drop the oldest input, append x: one new window, copied into the state (a step is a few dozen
+    # tiny ops, so each one saved counts)
+    conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1)], dim=-1))
+    out = (conv_state * weight).sum(-1)  # (b, c): the window against the taps
     if bias is not None:
         out = out + bias
     return F.silu(out)

@@ -2,7 +2,10 @@
 
 `recurrence(dt, x, A, Bm, Cm, resets)` is a drop-in for `selective._Recurrence.apply` on CPU
 float32 tensors: the same inputs and outputs, the same numbers up to float rounding (tested
-against it), forward and backward. Where it cannot run (no C compiler, a failed build, another
+against it), forward and backward. `fused_scan` is the same with the elementwise steps around the
+recurrence inside the kernel too (softplus(dt + bias) before it, (y + D x) * silu(z) after it, and
+their gradients), done while each row is in cache: `selective.scan_time_major` takes it when all
+three are given. Where it cannot run (no C compiler, a failed build, another
 device or dtype) `available()` says why and `selective.py` keeps its PyTorch recurrence: the
 kernel is never required, and each run prints which one it uses (`scan_name`).
 
@@ -53,9 +56,9 @@ class _Kernel:
     def __init__(self, lib: Optional[ctypes.CDLL], why_not: str = ""):
         self.lib, self.why_not = lib, why_not
         if lib is not None:
-            lib.scan_forward.argtypes = [_I] * 8 + [_P] * 6 + [_P, _I, _P]
-            lib.scan_forward.restype = None
-            lib.scan_backward.argtypes = [_I] * 6 + [_P] * 14
+            lib.scan_forward.argtypes = [_I] * 8 + [_P] * 6 + [_P, _I, _P] + [_P] * 4
+            lib.scan_forward.restype = ctypes.c_int
+            lib.scan_backward.argtypes = [_I] * 6 + [_P] * 14 + [_P] * 7
             lib.scan_backward.restype = ctypes.c_int
 
 
@@ -173,59 +176,81 @@ def _run(jobs: list) -> list:
     return [f.result() for f in [_pool(len(jobs)).submit(job) for job in jobs]]
 
 
-def _forward(dt, x, At, Bm, Cm, resets, keep: bool):
-    """y (L, B, D), the last state (B, D, N), and all states (L, B, N, D) when `keep` (else None)."""
+def _forward(dt, x, At, Bm, Cm, resets, keep: bool, fused=(None, None, None)):
+    """y (L, B, D), the last state (B, D, N), all states (L, B, N, D) when `keep` (else None), and the
+    output before the gate (L, B, D) when `keep` and fused with a gate (else None).
+
+    fused: (bias, Dk, z), each None or contiguous: dt is then raw (softplus(dt + bias) in the kernel),
+    and y = (C . h + Dk * x) * silu(z) (`fused_scan`)."""
     L, batch, D = dt.shape
     N = At.shape[0]
+    bias, Dk, z = fused
     lib = _kernel().lib
     # the states, kept for the backward; without a gradient only the running one (batch, N, D)
     H = WORKSPACE.take((L, batch, N, D), dt) if keep else torch.empty((batch, N, D), dtype=dt.dtype)
     y = torch.empty_like(dt)
+    ypre = torch.empty_like(dt) if keep and z is not None else None
     threads = torch.get_num_threads()
-    # rows first; channels too when the batch is smaller than the threads (a prompt at batch 1)
+    # rows first; channels too when the batch is smaller than the threads (a prompt at batch 1). Not in
+    # training: splitting a 1 x 2,048 window's channels over 2 threads (forward and backward) made the
+    # step slower here (x1.14 the Llama's against x1.24, benchmarks/bench_model_train.py), the threads
+    # meeting torch's own, still spinning after each matmul
     d_parts = max(1, threads // batch) if not keep else 1
-    _run([functools.partial(lib.scan_forward, L, batch, N, D, b0, b1, d0, d1, _ptr(dt), _ptr(x), _ptr(At),
-                            _ptr(Bm), _ptr(Cm), _ptr(resets), _ptr(H), batch * N * D if keep else 0, _ptr(y))
-          for b0, b1 in _split(batch, threads) for d0, d1 in _split(D, d_parts)])
+    failed = _run([functools.partial(lib.scan_forward, L, batch, N, D, b0, b1, d0, d1, _ptr(dt), _ptr(x), _ptr(At),
+                                     _ptr(Bm), _ptr(Cm), _ptr(resets), _ptr(H), batch * N * D if keep else 0,
+                                     _ptr(y), _ptr(bias), _ptr(Dk), _ptr(z), _ptr(ypre))
+                   for b0, b1 in _split(batch, threads) for d0, d1 in _split(D, d_parts)])
+    if any(failed):
+        raise MemoryError("the C scan kernel could not allocate a row's step sizes")
     last = (H[L - 1] if keep else H).transpose(1, 2).contiguous()  # (B, D, N), HF's
-    return y, last, H if keep else None
+    return y, last, H if keep else None, ypre
 
 
 class _KernelRecurrence(torch.autograd.Function):
     """`selective._Recurrence` (same inputs, outputs and layout) with the kernel doing the work.
-    `resets` here is a (L, B) uint8 tensor (1: start afresh) or None."""
+    `resets` here is a (L, B) uint8 tensor (1: start afresh) or None. With `bias`, `Dk`, `z` (the
+    fused form, `fused_scan`): dt is raw, and the D skip and the gate are applied in the kernel."""
 
     @staticmethod
-    def forward(ctx, dt, x, A, Bm, Cm, resets):
+    def forward(ctx, dt, x, A, Bm, Cm, resets, bias=None, Dk=None, z=None):
         At = A.t().contiguous()
-        y, last, H = _forward(dt, x, At, Bm, Cm, resets, keep=True)
-        ctx.save_for_backward(dt, x, At, Bm, Cm, H, resets if resets is not None else torch.empty(0))
-        ctx.has_resets = resets is not None
+        y, last, H, ypre = _forward(dt, x, At, Bm, Cm, resets, keep=True, fused=(bias, Dk, z))
+        empty = torch.empty(0)
+        ctx.save_for_backward(dt, x, At, Bm, Cm, H, *(empty if t is None else t for t in (resets, bias, Dk, z, ypre)))
+        ctx.given = [t is not None for t in (resets, bias, Dk, z, ypre)]
         ctx.done = False
+        ctx.set_materialize_grads(False)  # an unused output (the last state, in training) comes back None, not zeros
         return y, last
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
         backward_once(ctx)
-        dt, x, At, Bm, Cm, H, resets = ctx.saved_tensors
-        resets = resets if ctx.has_resets else None
+        dt, x, At, Bm, Cm, H, *extra = ctx.saved_tensors
+        resets, bias, Dk, z, ypre = (t if given else None for t, given in zip(extra, ctx.given))
         L, batch, D = dt.shape
         N = At.shape[0]
         grad_y = torch.zeros_like(dt) if grad_y is None else grad_y.contiguous()
         grad_last = None if grad_last is None else grad_last.contiguous()
         grad_dt, grad_x = torch.empty_like(dt), torch.empty_like(dt)
         grad_B, grad_C = torch.empty_like(Bm), torch.empty_like(Cm)
+        grad_z = None if z is None else torch.empty_like(z)
         parts = _split(batch, torch.get_num_threads())
-        grad_A_parts = torch.zeros((len(parts), N, D), dtype=dt.dtype)  # one per thread: the sum over rows meets
+        # one (N, D) A-gradient and one D-gradient of each of Dk and bias per thread: the sums over rows meet
+        grad_A_parts = torch.zeros((len(parts), N + 2, D), dtype=dt.dtype)
         lib = _kernel().lib
         jobs = [functools.partial(lib.scan_backward, L, batch, N, D, b0, b1, _ptr(dt), _ptr(x), _ptr(At), _ptr(Bm),
                                   _ptr(Cm), _ptr(resets), _ptr(H), _ptr(grad_y), _ptr(grad_last), _ptr(grad_dt),
-                                  _ptr(grad_x), _ptr(grad_B), _ptr(grad_C), _ptr(grad_A_parts[i]))
+                                  _ptr(grad_x), _ptr(grad_B), _ptr(grad_C), _ptr(grad_A_parts[i, :N]),
+                                  _ptr(bias), _ptr(Dk), _ptr(z), _ptr(ypre), _ptr(grad_z),
+                                  _ptr(grad_A_parts[i, N]), _ptr(grad_A_parts[i, N + 1]))
                 for i, (b0, b1) in enumerate(parts)]
         if any(_run(jobs)):
             raise MemoryError("the C scan kernel could not allocate its adjoint state")
         WORKSPACE.give(H)
-        return grad_dt, grad_x, grad_A_parts.sum(0).t(), grad_B, grad_C, None
+        sums = grad_A_parts.sum(0)
+        grad_Dk = None if Dk is None else sums[N]
+        grad_bias = None if bias is None else sums[N + 1]
+        return grad_dt, grad_x, sums[:N].t(), grad_B, grad_C, None, grad_bias, grad_Dk, grad_z
 
 
 def recurrence(dt, x, A, Bm, Cm, reset_mask: Optional[torch.Tensor]):
@@ -236,5 +261,18 @@ def recurrence(dt, x, A, Bm, Cm, reset_mask: Optional[torch.Tensor]):
         return _KernelRecurrence.apply(*inputs, resets)
     # no graph will be kept (inference, evaluation): only the running state, no (L, B, N, D) buffer
     dt, x, A, Bm, Cm = inputs
-    y, last, _ = _forward(dt, x, A.t().contiguous(), Bm, Cm, resets, keep=False)
+    y, last, _, _ = _forward(dt, x, A.t().contiguous(), Bm, Cm, resets, keep=False)
+    return y, last
+
+
+def fused_scan(dt, x, A, Bm, Cm, bias, Dk, z, reset_mask: Optional[torch.Tensor]):
+    """`recurrence` with softplus(dt + bias) before it and (y + Dk * x) * silu(z) after it, in the kernel:
+    dt, x, z (L, B, D) raw; bias, Dk (D,). The elementwise passes around the scan (and their backward)
+    happen while each row is in cache instead of as whole-tensor ops."""
+    resets = None if reset_mask is None else reset_mask.to(torch.uint8).contiguous()
+    inputs = [t.contiguous() for t in (dt, x, A, Bm, Cm, bias, Dk, z)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _KernelRecurrence.apply(*inputs[:5], resets, *inputs[5:])
+    dt, x, A, Bm, Cm, bias, Dk, z = inputs
+    y, last, _, _ = _forward(dt, x, A.t().contiguous(), Bm, Cm, resets, keep=False, fused=(bias, Dk, z))
     return y, last

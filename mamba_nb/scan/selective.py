@@ -41,7 +41,9 @@ no compiler) and what the kernel is tested against.
 
 What it does not do: it does not take an initial state (neither does the kernel HF calls; HF's
 prefill starts from zero too), it does not do Mamba-2's scalar-decay scan (HF's chunked path
-already uses matmuls there), and it does not touch the model: `mamba_nb.scan.patch` plugs it in.
+already uses matmuls there), and it does not touch the model: `mamba_nb.scan.patch` plugs it into
+HF's mixer, and our own mixer (`mamba_nb.model.mamba1`) calls `scan_time_major`, the same scan on
+the time-major tensors the recurrence runs in (no permute copies).
 """
 from __future__ import annotations
 
@@ -178,33 +180,50 @@ def selective_scan(
     def time_major(t):  # (batch, X, L) -> (L, batch, X), contiguous for per-step slices
         return t.permute(2, 0, 1).to(compute).contiguous()
 
-    # Everything around the recurrence also runs time-major on contiguous tensors: mixing the
-    # (batch, D, L) views HF passes with permuted ones made these few elementwise ops (and their
-    # backward) cost over half as much as the scan itself.
-    dt = time_major(dt)  # (L, batch, D)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(compute)
-    if delta_softplus:
-        dt = F.softplus(dt)
-    x = time_major(hidden_states)
     if doc_starts is not None and doc_starts.shape != (hidden_states.shape[0], hidden_states.shape[2]):
         raise ValueError(f"doc_starts has shape {tuple(doc_starts.shape)}, the scan's input (batch, D, L) "
                          f"{tuple(hidden_states.shape)}: pass one flag per (batch, position)")
-    starts = None if doc_starts is None else doc_starts.t()  # (L, batch), time-major
-    A, B, C = A.to(compute).contiguous(), time_major(B), time_major(C)
-    if compiled.runs_on(dt, x):  # the C kernel: the same recurrence, one pass (compiled.py)
-        y, last = compiled.recurrence(dt, x, A, B, C, starts)
-    else:
-        resets = None if starts is None else starts.reshape(-1).nonzero().squeeze(1)  # flat indices t * batch + b
-        y, last = _Recurrence.apply(dt, x, A, B, C, resets)
-    if D is not None:
-        y = torch.addcmul(y, x, D.to(compute))
-    if z is not None:
-        y = y * F.silu(time_major(z))
+    y, last = scan_time_major(time_major(hidden_states), time_major(dt), A, time_major(B), time_major(C), D,
+                              None if z is None else time_major(z), delta_bias, delta_softplus,
+                              starts=None if doc_starts is None else doc_starts.t())
     out = y.permute(1, 2, 0)  # (batch, D, L), a view: HF transposes it back to (batch, L, D)
     if return_last_state:
         return out, last
     return out
+
+
+def scan_time_major(x, dt, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = True, *,
+                    starts: Optional[torch.Tensor] = None):
+    """The same scan on time-major tensors: x, dt, z (L, batch, D); B, C (L, batch, N); A (D, N); D,
+    delta_bias (D,); starts (L, batch) bool or None. Returns y (L, batch, D) and the last state (batch, D, N).
+
+    The layout the recurrence runs in, so a caller that already holds its tensors time-major (the
+    mixer's CPU path, `mamba_nb.model.mamba1`) pays no permute copies around the scan.
+    """
+    compute = torch.promote_types(x.dtype, torch.float32)
+    if delta_softplus and None not in (delta_bias, D, z) and compiled.runs_on(dt, x):
+        # the whole of it in the C kernel: softplus(dt + bias) before the recurrence, D skip and gate after
+        # it, each row while it is in cache (forward and backward), instead of ~15 whole-tensor passes
+        return compiled.fused_scan(dt, x, A.contiguous(), B, C, delta_bias, D, z, starts)
+    # Everything around the recurrence also runs time-major on contiguous tensors: mixing the
+    # (batch, D, L) views HF passes with permuted ones made these few elementwise ops (and their
+    # backward) cost over half as much as the scan itself.
+    dt, x = dt.to(compute), x.to(compute)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(compute)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    A, B, C = A.to(compute).contiguous(), B.to(compute).contiguous(), C.to(compute).contiguous()
+    if compiled.runs_on(dt, x):  # the C kernel: the same recurrence, one pass (compiled.py)
+        y, last = compiled.recurrence(dt, x, A, B, C, starts)
+    else:
+        resets = None if starts is None else starts.reshape(-1).nonzero().squeeze(1)  # flat indices t * batch + b
+        y, last = _Recurrence.apply(dt.contiguous(), x.contiguous(), A, B, C, resets)
+    if D is not None:
+        y = torch.addcmul(y, x, D.to(compute))
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    return y, last
 
 
 def selective_state_update(
