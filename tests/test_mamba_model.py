@@ -81,6 +81,9 @@ def test_parameter_names_and_shapes_are_hf_s(tmp_path):
         for overrides in VARIANTS[arch]:
             hf, ours = pair(arch, tmp_path / arch / str(len(overrides)), **overrides)
             assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in hf.state_dict().items()}
+            # in the same order too: an optimizer's saved state (training_state.pt) is matched by parameter
+            # order, so a run directory HF's class trained must resume on ours
+            assert [n for n, _ in ours.named_parameters()] == [n for n, _ in hf.named_parameters()]
             assert (ours.lm_head.weight is ours.backbone.embeddings.weight) == bool(overrides.get(
                 "tie_word_embeddings", arch == "mamba"))
 

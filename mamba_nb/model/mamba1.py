@@ -52,9 +52,11 @@ class MambaMixer(nn.Module):
                              "checkpoint uses it); set hidden_act to 'silu'")
         H, D, N = config.hidden_size, config.intermediate_size, config.state_size
         self.R, self.N, self.K = int(config.time_step_rank), N, config.conv_kernel
-        self.in_proj = nn.Linear(H, 2 * D, bias=config.use_bias)
+        # (declared before in_proj, as HF's mixer does: parameter order is what an optimizer's saved
+        # state is matched by, so a run HF's class trained resumes on ours)
         # depthwise: one K-tap filter per channel, weight (D, 1, K) as HF stores it
         self.conv1d = nn.Conv1d(D, D, self.K, groups=D, padding=self.K - 1, bias=config.use_conv_bias)
+        self.in_proj = nn.Linear(H, 2 * D, bias=config.use_bias)
         self.x_proj = nn.Linear(D, self.R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(self.R, D, bias=True)  # its bias is the step size's offset (init: softplus^-1)
         self.A_log = nn.Parameter(torch.empty(D, N))  # A = -exp(A_log) (D, N): kept negative by construction

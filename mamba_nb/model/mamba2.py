@@ -57,9 +57,10 @@ class Mamba2Mixer(nn.Module):
         self.groups, self.N, self.K = config.n_groups, config.state_size, config.conv_kernel
         self.chunk_size, self.dt_limit = config.chunk_size, tuple(config.time_step_limit)
         self.conv_dim = self.D_inner + 2 * self.groups * self.N  # x, B and C go through the conv together
-        self.in_proj = nn.Linear(H, self.D_inner + self.conv_dim + self.heads, bias=config.use_bias)
+        # conv1d before in_proj, as HF's mixer declares them (the parameter order optimizer states follow)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.K, groups=self.conv_dim, padding=self.K - 1,
                                 bias=config.use_conv_bias)
+        self.in_proj = nn.Linear(H, self.D_inner + self.conv_dim + self.heads, bias=config.use_bias)
         self.dt_bias = nn.Parameter(torch.empty(self.heads))  # the step size's offset, one per head
         self.A_log = nn.Parameter(torch.empty(self.heads))  # A = -exp(A_log): one decay rate per head
         self.D = nn.Parameter(torch.empty(self.heads))
