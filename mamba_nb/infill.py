@@ -456,13 +456,10 @@ def _as_holes(prefix, suffix) -> tuple[bool, list[str], list[str]]:
 def _check_settings(mode: str, max_new_tokens, temperature, top_p, best_of, batch_size) -> None:
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not a prompt layout; use one of {MODES}")
-    for name, value in (("max_new_tokens", max_new_tokens), ("best_of", best_of), ("batch_size", batch_size)):
+    for name, value in (("best_of", best_of), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a whole number >= 1")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 is greedy)")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
+    generate.check_sampling(max_new_tokens, temperature, top_p)
     if best_of > 1 and temperature == 0:
         raise ValueError(f"best_of={best_of} with temperature=0 gives {best_of} identical greedy samples; "
                          "set temperature > 0 (e.g. 0.8) or best_of=1")

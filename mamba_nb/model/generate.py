@@ -24,12 +24,13 @@ anything for the HF model classes (they have their own `generate`).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
+
+from mamba_nb.threads import one_thread
 
 
 @dataclass
@@ -75,23 +76,10 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tenso
 ONE_THREAD_ROWS = 8
 
 
-@contextlib.contextmanager
 def decode_threads(rows: int, device: torch.device):
-    """One torch thread within, for a step of at most ONE_THREAD_ROWS rows on CPU.
-
-    A step is a few dozen tiny ops (matrix-vector products of a few hundred rows): split over
-    threads, each op costs a thread-pool wake-up and a barrier worth more than the work, and on
-    shared cores every op waits for the slowest thread (measured: benchmarks/bench_generate.py).
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or rows > ONE_THREAD_ROWS or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    """One torch thread within, for a step of at most ONE_THREAD_ROWS rows on CPU (`mamba_nb.threads`:
+    a step is a few dozen matrix-vector products of a few hundred rows)."""
+    return one_thread(device, when=rows <= ONE_THREAD_ROWS)
 
 
 @torch.inference_mode()
@@ -114,7 +102,8 @@ def pick_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _check(max_new_tokens, temperature, top_p) -> None:
+def check_sampling(max_new_tokens, temperature, top_p) -> None:
+    """One clear error for a sampling setting out of range (`generate`, and infill's own settings)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 1")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
@@ -129,7 +118,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """The new tokens (b, n), n <= max_new_tokens: after a row's end token, `pad_token_id` (default:
     the first end token). input_ids (b, L), left-padded with `attention_mask` when lengths differ."""
-    _check(max_new_tokens, temperature, top_p)
+    check_sampling(max_new_tokens, temperature, top_p)
     ends = torch.tensor([] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int)
                         else list(eos_token_id), dtype=torch.long, device=input_ids.device)
     pad = pad_token_id if pad_token_id is not None else (int(ends[0]) if len(ends) else 0)

@@ -47,34 +47,15 @@ the time-major tensors the recurrence runs in (no permute copies).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from mamba_nb.threads import one_thread
+
 from . import compiled
 from .workspace import WORKSPACE, backward_once
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device):
-    """Run the per-step loop on one CPU thread.
-
-    Each step is a ~65k-element op: splitting it over threads saves little, and when the cores are
-    shared every step waits for the slowest thread at a barrier. Measured on 2 busy cores: 255
-    steps took 126 ms to 3.7 s on 2 threads, 21-37 ms on one. The whole-tensor passes keep every
-    thread.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _Recurrence(torch.autograd.Function):
@@ -101,7 +82,7 @@ class _Recurrence(torch.autograd.Function):
             # a zero decay drops h_{t-1}: the state starts afresh at a document's first token. The backward
             # reads the same buffer, so it stops there too.
             decay.view(LB, N, D).index_fill_(0, resets, 0.0)
-        with _one_thread(dt.device):
+        with one_thread(dt.device):
             for t in range(1, L):
                 H[t].addcmul_(H[t - 1], decay[t])
         y = torch.bmm(Cm.view(LB, 1, N), H.view(LB, N, D)).view(L, batch, D)
@@ -126,7 +107,7 @@ class _Recurrence(torch.autograd.Function):
         G = torch.mul(Cm.unsqueeze(-1), grad_y.unsqueeze(2), out=WORKSPACE.take((L, batch, N, D), dt))
         if grad_last is not None:
             G[L - 1].add_(grad_last.transpose(1, 2))
-        with _one_thread(dt.device):
+        with one_thread(dt.device):
             for t in range(L - 2, -1, -1):
                 G[t].addcmul_(G[t + 1], decay[t + 1])
         Gv, Hv = G.view(LB, N, D), H.view(LB, N, D)
