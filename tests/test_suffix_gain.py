@@ -212,11 +212,15 @@ def test_a_model_blind_to_the_suffix_has_no_content_gain_but_a_gain(model, tok, 
         assert r["content_gain"] == pytest.approx(0, abs=1e-5)
         assert r["shuffled_loss"] == pytest.approx(r["loss"], abs=1e-5)
         assert r["content_interval"][0] == pytest.approx(0, abs=1e-5) == r["content_interval"][1]
-        # ... while the suffix gain, measured against prefix only, is not 0: the layout alone moves it
-        assert abs(r["gain"]) > 1e-3
+        # ... while the suffix gain, measured against prefix only, is not 0: the layout alone moves it.
+        # How far depends on the untrained network and the corpus (the interpreter's own stdlib: 3.12's
+        # gave 5e-5 where 3.11's gave over 1e-3), so "not 0" is judged against the control's own
+        # float noise: many times what the content gain shows, and above float32's rounding.
+        noise = abs(r["content_gain"]) + 1e-6
+        assert abs(r["gain"]) > 10 * noise
     # The same network reading the suffix: the control sees its content (PSM, where the suffix sits
     # right before the middle: an untrained network forgets the tokens before the prefix in SPM).
-    assert abs(seeing["psm"]["content_gain"]) > 1e-3
+    assert abs(seeing["psm"]["content_gain"]) > 10 * (abs(report["psm"]["content_gain"]) + 1e-6)
 
 
 def test_the_controls_are_the_differences_and_the_best_is_the_lowest_loss(model, tok):

@@ -57,6 +57,14 @@ def test_document_lengths_plot(tiny_dataset):
         plot_document_lengths({"train": []})
 
 
+@given(st.dictionaries(st.sampled_from(["train", "validation"]), st.lists(st.integers(1, 10**7), min_size=1,
+                                                                          max_size=50), min_size=1))
+def test_every_document_lands_in_a_bar(lengths):
+    fig = plot_document_lengths(lengths)
+    bars = sum(p.get_height() for p in fig.axes[0].patches)
+    assert bars == sum(len(v) for v in lengths.values())
+
+
 @given(st.lists(st.integers(0, 49), max_size=300))
 def test_token_counts(ids):
     counts = token_counts(np.array(ids, dtype=np.uint16), 50)
