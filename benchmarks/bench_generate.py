@@ -5,7 +5,7 @@ a `--prompt-len` (256) token prompt, then `--new-tokens` (64) greedy tokens, in 
 
 - ours: `mamba_nb.model.generate.generate` on `mamba_nb.model` (prefill through the parallel scan,
   then one O(1) step per token), the same weights as
-- HF Mamba: `MambaForCausalLM.generate` with today's scan path (`apply_scan_path(model, "fast")`);
+- HF Mamba: `MambaForCausalLM.generate` as HF ships it (its PyTorch path on CPU), the same weights;
 - Llama: HF's `LlamaForCausalLM.generate` (SDPA, KV cache), the same-size `--arch llama` peer.
 
 Each is timed `--repeats` times, interleaved, and the median is kept (with the min-max spread);
@@ -49,7 +49,6 @@ def models():
     from transformers import LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM
 
     from mamba_nb.model import hf_format
-    from mamba_nb.scan import apply_scan_path
 
     torch.manual_seed(0)
     fields = {**_ARCH_DEFAULTS["mamba"], **PRESETS["tiny"]["mamba"]}
@@ -57,7 +56,6 @@ def models():
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         ours = hf_format.load(d).eval()
-    apply_scan_path(hf, "fast")
     llama = LlamaForCausalLM(LlamaConfig(**{**_ARCH_DEFAULTS["llama"], **PRESETS["tiny"]["llama"]},
                                          vocab_size=VOCAB)).eval()
     return ours, hf, llama

@@ -38,7 +38,8 @@ def child(checkpointing: bool, preset: str) -> None:
 
     from mamba_nb.config import ModelConfig
     from mamba_nb.losses import training_loss
-    from mamba_nb.model import build_model
+    from mamba_nb.doc_reset import model_logits
+    from mamba_nb.model import build_model, enable_checkpointing
     from mamba_nb.schedule import make_optimizer
     from mamba_nb.tokenizer import train_bpe
 
@@ -49,7 +50,7 @@ def child(checkpointing: bool, preset: str) -> None:
     model, _ = build_model(cfg, tok, verbose=False)
     model.train()
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     vocab = model.get_input_embeddings().weight.shape[0]
 
     class Cfg:
@@ -60,7 +61,7 @@ def child(checkpointing: bool, preset: str) -> None:
     mask = torch.zeros(BATCH, CONTEXT, dtype=torch.bool)
 
     def step():
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits
+        logits = model_logits(model, x[:, :-1])
         training_loss(logits, x[:, 1:], mask).backward()
         opt.step()
         opt.zero_grad(set_to_none=False)  # gradients stay allocated: they count in the "before"

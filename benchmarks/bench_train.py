@@ -21,6 +21,7 @@ import torch
 
 from mamba_nb.config import DataConfig, ModelConfig, TrainConfig
 from mamba_nb.dataset import build_dataset, open_dataset
+from mamba_nb.doc_reset import model_logits
 from mamba_nb.model import build_model
 from mamba_nb.fim import IGNORE_INDEX as IGNORE
 from mamba_nb.schedule import make_optimizer
@@ -39,7 +40,7 @@ def compute_only(cfg: TrainConfig, ds, steps: int) -> float:
     times = []
     for _ in range(steps + 1):
         t = time.perf_counter()
-        logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+        logits = model_logits(model, batch["input_ids"])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

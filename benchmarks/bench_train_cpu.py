@@ -4,10 +4,10 @@
     .venv/bin/python benchmarks/bench_train_cpu.py --quick    # fewer steps, shorter HF-loop run
 
 The course's tiny config: hidden 256, 4 layers, state 16, vocab 8192, batch 8 x 256 tokens,
-fp32, 2 threads. Paths: Mamba-1 "fast" (mamba_nb.scan, its recurrence in the C kernel), the same
-with the recurrence in PyTorch ops ("fast-torch", `compiled.turned_off()`), Mamba-1 `use_mambapy=True`, Mamba-1 HF
-default fallback (its O(L^2) backward: measured at batch 1 x 256, stated), and Mamba-2 on HF's
-chunked PyTorch path. Throughput is the median of several steps, the paths interleaved, so the
+fp32, 2 threads. Paths: our Mamba-1 on "fast" (mamba_nb.scan, its recurrence in the C kernel), the
+same with the recurrence in PyTorch ops ("fast-torch", `compiled.turned_off()`), HF's Mamba-1 class
+with `use_mambapy=True`, HF's default fallback (its O(L^2) backward: measured at batch 1 x 256,
+stated), and our Mamba-2 (SSD, chunked). Throughput is the median of several steps, the paths interleaved, so the
 other processes sharing the cores hit all of them alike. Peak RSS of a training step is measured
 per path in its own subprocess. The bound: fp32 sgemm GFLOP/s measured here (median of several
 2048^3 products, before and after) / (6 x parameters) tokens/s.
@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from mamba_nb.doc_reset import model_logits
 from mamba_nb.scan import compiled
 
 THREADS = 2
@@ -36,20 +37,20 @@ MAMBA2 = dict(hidden_size=256, num_hidden_layers=4, state_size=64, head_dim=32, 
 
 
 def build(path: str):
-    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+    """Our model for "fast", "fast-torch" and "mamba2*"; HF's class, as it ships, for "mambapy" and "hf"."""
+    from transformers import Mamba2Config, MambaConfig, MambaForCausalLM
 
-    from mamba_nb.scan import apply_scan_path
+    from mamba_nb.model.lm import MambaLM
 
     torch.manual_seed(0)
     if path.startswith("mamba2"):
-        model = Mamba2ForCausalLM(Mamba2Config(**MAMBA2, tie_word_embeddings=path == "mamba2-tied"))
-        apply_scan_path(model, "auto")
+        model = MambaLM(Mamba2Config(**MAMBA2, tie_word_embeddings=path == "mamba2-tied")).set_scan_path("auto")
     elif path == "mambapy":
-        model = MambaForCausalLM(MambaConfig(**MAMBA1, use_mambapy=True))
-        apply_scan_path(model, "hf")  # HF's PyTorch path, which takes mambapy's pscan when asked
+        model = MambaForCausalLM(MambaConfig(**MAMBA1, use_mambapy=True))  # HF's PyTorch path with mambapy's pscan
+    elif path == "hf":
+        model = MambaForCausalLM(MambaConfig(**MAMBA1))  # HF's default PyTorch fallback
     else:
-        model = MambaForCausalLM(MambaConfig(**MAMBA1))
-        apply_scan_path(model, "fast" if path == "fast-torch" else path)  # "fast" | "hf"
+        model = MambaLM(MambaConfig(**MAMBA1)).set_scan_path("fast")
     return model.train()
 
 
@@ -67,7 +68,7 @@ def make_step(model, context: int, batch: int = BATCH, torch_recurrence: bool = 
         c0 = time.process_time()
         t0 = time.perf_counter()
         with compiled.turned_off() if torch_recurrence else contextlib.nullcontext():
-            logits = model(ids[:, :-1]).logits
+            logits = model_logits(model, ids[:, :-1])
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
             loss.backward()
         opt.step()

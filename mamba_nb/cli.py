@@ -43,14 +43,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _merge_lora(args: argparse.Namespace) -> None:
     from mamba_nb.checkpoint import resolve_checkpoint_dir
-    from mamba_nb.model import hf_format, load_checkpoint
-    from mamba_nb.model.lm import MambaLM
+    from mamba_nb.model import load_checkpoint
 
     model, tokenizer = load_checkpoint(args.checkpoint)  # base + adapter, merged
-    if isinstance(model, MambaLM):
-        hf_format.save(model, args.out_dir)  # our model, in HF's format
-    else:
-        model.save_pretrained(args.out_dir)
+    model.save_pretrained(args.out_dir)  # our model in HF's format (the Llama peer: HF's own)
     tokenizer.save_pretrained(args.out_dir)
     print(f"merged {str(resolve_checkpoint_dir(args.checkpoint))!r} into a plain HF model in {args.out_dir!r}")
 

@@ -113,7 +113,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "fim_level": _one_of("char", "token"),
     "arch": _one_of("mamba", "mamba2", "llama"),
     "preset": _one_of(*PRESET_NAMES),
-    "scan": _one_of("auto", "kernels", "fast", "hf"),
+    "scan": _one_of("auto", "kernels", "fast", "reference"),
     "hidden_size": _at_least(1),
     "num_hidden_layers": _at_least(1),
     "state_size": _at_least(1),
@@ -309,7 +309,8 @@ class ModelConfig(Checked):
     pretrained: Optional[str] = setting(None, "a hub id or local directory to fine-tune instead of training from "
                                               "scratch (the dataset must use its tokenizer: build-dataset --tokenizer)")
     scan: str = setting("auto", "the selective scan: auto (kernels on CUDA when installed, else fast), kernels (the "
-                                "fused CUDA kernels), fast (this project's), hf (HF's reference, to compare)")
+                                "fused CUDA kernels), fast (this project's), reference (the paper's recurrence step by "
+                                "step: slow, to compare)")
     hidden_size: Optional[int] = setting(None, "width of a from-scratch model; unset: the preset's")
     num_hidden_layers: Optional[int] = setting(None, "blocks of a from-scratch model; unset: the preset's")
     state_size: Optional[int] = setting(None, "Mamba's recurrent state per channel (N) of a from-scratch model; "

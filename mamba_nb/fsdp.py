@@ -5,8 +5,8 @@ For full fine-tunes whose optimizer state does not fit one device (state-spaces/
 `fully_shard` ("FSDP2") is applied block by block, so a process gathers one block's weights at a
 time, in the forward and again in the backward:
 
-- `shard_model`: `fully_shard` on each block (`base_model.layers[i]`: Mamba's `backbone.layers`,
-  the Llama peer's `model.layers`), then on the whole model, whose own group holds the embeddings,
+- `shard_model`: `fully_shard` on each block (our Mamba's `backbone.layers[i]`, the Llama
+  peer's `model.layers[i]`), then on the whole model, whose own group holds the embeddings,
   the final norm and the head (a tied head is the same tensor as the embeddings: one group).
 - `save_shards` / `load_shards`: each process writes and reads its share of the weights and the
   optimizer state (`torch.distributed.checkpoint`), in the `shards/` folder of a checkpoint.
@@ -37,10 +37,14 @@ def shard_model(model, device: torch.device):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    layers = getattr(model.base_model, "layers", None)
+    from mamba_nb.model.lm import MambaLM
+
+    # the blocks: ours `backbone.layers`, HF's Llama peer `model.layers`
+    layers = (model.backbone.layers if isinstance(model, MambaLM)
+              else getattr(getattr(model, "model", None), "layers", None))
     if layers is None:
-        raise ValueError(f"{type(model).__name__} has no base_model.layers to shard block by block; FSDP here "
-                         "trains HF Mamba, Mamba-2 and Llama models: drop --fsdp for this one")
+        raise ValueError(f"{type(model).__name__} has no blocks this knows how to shard one by one; FSDP here "
+                         "trains our Mamba and Mamba-2 and the Llama peer: drop --fsdp for this one")
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in layers:
         fully_shard(layer, mesh=mesh)
@@ -115,7 +119,7 @@ def convert_shards(checkpoint, out_dir) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ckpt.CheckpointError(f"--out-dir {str(out)!r} already exists and is not empty; pass a new directory "
                                    "for the converted model")
-    model, _ = model_from_config(source, scan="hf")  # (never run: only its weights are written)
+    model, _ = model_from_config(source, scan="reference")  # (never run: only its weights are written)
     weights = model.state_dict()  # the names the shards were saved under (FSDP keeps the module names)
     with warnings.catch_warnings():  # "... assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")

@@ -34,7 +34,7 @@ import torch
 
 from mamba_nb import checkpoint as ckpt
 from mamba_nb.config import TrainConfig, to_dict
-from mamba_nb.doc_reset import checkpointing_kwargs, model_logits
+from mamba_nb.doc_reset import model_logits
 from mamba_nb.losses import autocast, training_loss, validation_losses
 from mamba_nb.rng import rng_state, seed_everything, set_rng_state
 from mamba_nb.runtime import (Dist, StopRequest, TrainingError, any_rank, init_distributed, mean_over_ranks,
@@ -153,8 +153,9 @@ class Trainer:
         when resuming a checkpoint."""
         saved = self._load_or_build()
         if self.cfg.gradient_checkpointing:
-            # non-reentrant, and the document starts put back around each recomputation (doc_reset.py)
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs())
+            from mamba_nb.model import enable_checkpointing
+
+            enable_checkpointing(self.model)
         self.net = self._parallel()
         # after sharding: FSDP replaces the parameters with their shards
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)

@@ -57,13 +57,13 @@ def test_every_flag_shows_what_it_does_its_default_and_its_choices(command, caps
 def test_the_flags_with_a_fixed_set_of_values_list_it(capsys):
     from mamba_nb.benchmark import BENCHMARKS
     from mamba_nb.model import ARCHS, PEER_ARCHS, PRESETS
-    from mamba_nb.scan import SCAN_CHOICES
+    from mamba_nb.model.scan import PATHS
 
     # the choices --help shows are the ones the code accepts
     assert C.choices_of("preset") == tuple(PRESETS) and C.choices_of("arch") == ARCHS + PEER_ARCHS
-    assert C.choices_of("scan") == SCAN_CHOICES and C.choices_of("benchmark") == BENCHMARKS
+    assert C.choices_of("scan") == PATHS and C.choices_of("benchmark") == BENCHMARKS
     train = help_of("train", capsys)
-    for flag in ("--arch {mamba,mamba2,llama}", "--scan {auto,kernels,fast,hf}", "--fim-level {char,token}",
+    for flag in ("--arch {mamba,mamba2,llama}", "--scan {auto,kernels,fast,reference}", "--fim-level {char,token}",
                  "--preset {micro,tiny,"):
         assert flag in train
     assert "auto (cuda when torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps" in flat(train)  # --device

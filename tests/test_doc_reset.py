@@ -4,19 +4,16 @@ it were alone.
 - the scan (float64, against autograd through a naive per-step loop): outputs, final state and the
   gradient of every input, random document starts;
 - the convolution: taps cut at the starts equal convolving each document on its own;
-- a micro Mamba-1 (float32) on the fast path: the logits of every document of a window equal the
-  document run alone (1e-5), and the parameter gradients of a window equal the sum over its
-  documents run alone, also with gradient checkpointing; the kernels path's plumbing against a
-  stand-in for causal-conv1d; the Llama peer through its position ids;
-- what is refused: Mamba-2, scan="hf", a model never patched;
+- our micro Mamba-1 (fast and reference scans) and Mamba-2 (float32): the logits of every document of
+  a window equal the document run alone (1e-5), and the parameter gradients of a window equal the
+  sum over its documents run alone, also with gradient checkpointing (the kernels path's plumbing:
+  test_mamba_kernels.py); the Llama peer through its position ids;
+- what is refused: HF's Mamba class (it has no reset), starts of another shape;
 - where the starts come from: the window's documents followed through FIM (whole documents and
   regions), not the <|endoftext|> that closes each FIM middle; the batch carries them;
 - training and validation read windows with the starts when asked.
 """
 from __future__ import annotations
-
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -25,9 +22,9 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mamba_nb.doc_reset import checkpointing_kwargs, model_logits
+from mamba_nb.doc_reset import model_logits
 from mamba_nb.fim import MIDDLE, PLAIN, FimTransform, document_starts, make_batch, undo_fim
-from mamba_nb.scan import ScanPathError, apply_scan_path, reset_states_at, selective_scan
+from mamba_nb.scan import selective_scan
 from mamba_nb.scan.conv import causal_conv1d, positions_in_document
 from mamba_nb.tokenizer import FimTokens
 from tiny_models import tiny_bpe
@@ -146,27 +143,29 @@ def test_positions_in_document_count_from_each_start():
 
 
 def micro(arch: str = "mamba", scan: str = "fast"):
-    from transformers import (LlamaConfig, LlamaForCausalLM, Mamba2Config, Mamba2ForCausalLM, MambaConfig,
-                              MambaForCausalLM)
+    """A micro model, eval mode: ours for a Mamba (on `scan`), HF's class for the Llama peer."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Mamba2Config, MambaConfig
+
+    from mamba_nb.model.lm import MambaLM
 
     torch.manual_seed(0)
     if arch == "mamba":
-        model = MambaForCausalLM(MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8))
+        model = MambaLM(MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8))
     elif arch == "mamba2":
-        model = Mamba2ForCausalLM(Mamba2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8,
-                                               num_heads=4, head_dim=16, n_groups=1, chunk_size=16))
+        model = MambaLM(Mamba2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8,
+                                     num_heads=4, head_dim=16, n_groups=1, chunk_size=16))
     else:
         model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                                              num_attention_heads=2, intermediate_size=64))
     model.eval()
     if arch != "llama":
-        apply_scan_path(model, scan)
+        model.set_scan_path(scan)
     return model
 
 
-@pytest.fixture(scope="module")
-def mamba():
-    return micro()
+def plain_logits(model, ids):
+    """The logits of `ids` read as one document."""
+    return model_logits(model, ids)
 
 
 def assert_each_document_as_if_alone(model, rows, seed, tol):
@@ -176,9 +175,17 @@ def assert_each_document_as_if_alone(model, rows, seed, tol):
         for b, lengths in enumerate(rows):
             at = 0
             for n in lengths:
-                alone = model(input_ids=ids[b: b + 1, at: at + n], use_cache=False).logits
+                alone = plain_logits(model, ids[b: b + 1, at: at + n])
                 assert (together[b: b + 1, at: at + n] - alone).abs().max() <= tol, (b, at, n)
                 at += n
+
+
+MODELS = [("mamba", "fast"), ("mamba", "reference"), ("mamba2", "fast")]
+
+
+@pytest.fixture(scope="module", params=MODELS, ids=["-".join(m) for m in MODELS])
+def mamba(request):
+    return micro(*request.param)
 
 
 @settings(FAST, max_examples=6)  # each example runs the model up to 9 times
@@ -190,8 +197,8 @@ def test_every_document_of_a_window_reads_as_if_alone_fp32(mamba, rows, seed):
 def test_without_resets_the_second_document_sees_the_first(mamba):
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        together = mamba(input_ids=ids, use_cache=False).logits[:, 8:]
-        alone = mamba(input_ids=ids[:, 8:], use_cache=False).logits
+        together = plain_logits(mamba, ids)[:, 8:]
+        alone = plain_logits(mamba, ids[:, 8:])
     assert (together - alone).abs().max() > 1e-3
 
 
@@ -201,14 +208,15 @@ def param_grads(model, ids, doc_starts, weights):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_gradients_of_a_window_are_the_sum_over_its_documents_alone(checkpointing):
-    """The backward through the fast scan and the cut convolution equals running each document on
-    its own: no gradient crosses a start. float32 (HF's depthwise conv is very slow in float64 on
-    CPU), so norm-wise 1e-5 for rounding; a gradient that crossed would be off by order 1."""
-    model = micro().train()
+def test_gradients_of_a_window_are_the_sum_over_its_documents_alone(arch, checkpointing):
+    """The backward through the scan and the cut convolution equals running each document on its own:
+    no gradient crosses a start. float32, so norm-wise 1e-5 for rounding; a gradient that crossed
+    would be off by order 1."""
+    model = micro(arch).train()
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs())
+        model.gradient_checkpointing_enable()
     gen = torch.Generator().manual_seed(2)
     lengths = [7, 1, 12]
     ids = torch.randint(0, VOCAB, (1, sum(lengths)), generator=gen)
@@ -224,60 +232,21 @@ def test_gradients_of_a_window_are_the_sum_over_its_documents_alone(checkpointin
         assert (together[name] - expected[name]).norm() <= 1e-5 * expected[name].norm(), name
 
 
-def test_the_kernels_path_cuts_the_convolution_through_seq_idx(monkeypatch):
-    """No CUDA kernels here: a stand-in for causal-conv1d checks what the kernel would be given
-    (channel-last input, int32 seq_idx) and computes the cut convolution; the rest of the path
-    (the fused call skipped, our scan) is the real one."""
-    seen = []
-
-    def fake_causal_conv1d_fn(x, weight, bias=None, seq_idx=None, activation=None):
-        assert x.stride(1) == 1 and seq_idx.dtype == torch.int32 and seq_idx.shape == (x.shape[0], x.shape[2])
-        seen.append(seq_idx)
-        starts = torch.ones_like(seq_idx, dtype=torch.bool)
-        starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
-        return causal_conv1d(x, weight, bias, activation, doc_starts=starts)
-
-    monkeypatch.setitem(sys.modules, "causal_conv1d", types.SimpleNamespace(causal_conv1d_fn=fake_causal_conv1d_fn))
-    model = micro().train()  # training mode: HF tries the fused mamba_inner_fn first
-    for module in model.modules():
-        if hasattr(module, "_mamba_nb_scan"):
-            monkeypatch.setattr(module, "_mamba_nb_scan", "kernels")  # what apply_scan_path sets on a GPU
-    rows = [[5, 11], [16]]
-    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        kernels = model_logits(model, ids, stacked_starts(rows))
-    assert len(seen) == 2 and seen[0][0].tolist() == [1] * 5 + [2] * 11  # one call per layer
-    for module in model.modules():
-        if hasattr(module, "_mamba_nb_scan"):
-            monkeypatch.setattr(module, "_mamba_nb_scan", "fast")
-    with torch.no_grad():
-        fast = model_logits(model, ids, stacked_starts(rows))
-    assert torch.allclose(kernels, fast, atol=1e-6)
-
-
 def test_the_llama_peer_reads_each_document_alone_through_its_position_ids():
     assert_each_document_as_if_alone(micro("llama"), [[6, 10], [3, 5, 8]], seed=4, tol=1e-5)
 
 
-@pytest.mark.parametrize("arch, scan, match", [("mamba2", "fast", "Mamba-2"), ("mamba", "hf", "scan='hf'")])
-def test_what_cannot_reset_is_refused(arch, scan, match):
-    model = micro(arch, scan=scan)
-    with pytest.raises(ScanPathError, match=match):
-        model_logits(model, torch.zeros(1, 8, dtype=torch.long), starts_from_lengths([3, 5]))
-
-
-def test_a_model_never_patched_is_refused_not_ignored():
+def test_hf_s_mamba_class_is_refused_with_starts_not_read_as_one_stream():
     from transformers import MambaConfig, MambaForCausalLM
 
     model = MambaForCausalLM(MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, state_size=8))
-    with pytest.raises(ScanPathError, match="apply_scan_path"):
-        with reset_states_at(starts_from_lengths([3, 5])):
-            model(input_ids=torch.zeros(1, 8, dtype=torch.long), use_cache=False)
+    with pytest.raises(ValueError, match="'mamba' model of HF's class.*load_model"):
+        model_logits(model, torch.zeros(1, 8, dtype=torch.long), starts_from_lengths([3, 5]))
 
 
-def test_starts_of_another_shape_are_refused(mamba):
-    with pytest.raises(ScanPathError, match="doc_starts has shape"):
-        model_logits(mamba, torch.zeros(1, 8, dtype=torch.long), starts_from_lengths([3, 6]))
+def test_starts_of_another_shape_are_refused():
+    with pytest.raises(ValueError, match="doc_starts has shape"):
+        model_logits(micro(), torch.zeros(1, 8, dtype=torch.long), starts_from_lengths([3, 6]))
 
 
 # --- where the starts come from: the window's documents, through FIM ------------------------------

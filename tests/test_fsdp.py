@@ -53,7 +53,7 @@ def _worker(rank: int, port: int, once: TrainConfig, twice: TrainConfig, probe_f
     def probe(record, model, batch):
         if record["step"] == once.max_steps:  # the trained model's logits; every rank runs the forward
             with torch.no_grad():
-                logits = model(input_ids=PROBE, use_cache=False).logits
+                logits = model_logits(model, PROBE)
             if rank == 0:
                 torch.save(logits, probe_file)
 

@@ -122,8 +122,11 @@ def test_evaluate_gives_hfs_numbers(tmp_path, tiny_dataset, tiny_tokenizer):
                   {k: v for k, v in want.items() if k != "checkpoint"})
 
 
-def test_resuming_still_gets_hfs_class(tmp_path, tok):
-    # training (and so a resume) is on HF's class until step 2's second part moves it
-    _saved(tmp_path / "d", "mamba", tok)
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_a_directory_hf_saved_resumes_on_ours(tmp_path, tok, arch):
+    # training and so a resume run on our model: a run directory written by HF's class (an earlier
+    # version of this project) loads into it with its weights, trainable
+    _saved(tmp_path / "d", arch, tok)
     model, _ = load_model(tmp_path / "d", trainable=True)
-    assert not isinstance(model, MambaLM)
+    assert isinstance(model, MambaLM) and model.config.model_type == arch
+    assert all(p.requires_grad for p in model.parameters())

@@ -72,7 +72,7 @@ def test_merged_model_equals_base_plus_adapter(tiny_dataset, pretrained, tmp_pat
     assert type(merged).__name__ == "MambaLM"  # inference runs on our model, the adapter merged into it
     ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        a = unmerged.eval()(input_ids=ids).logits
+        a = model_logits(unmerged.eval(), ids)
         b = merged(ids)  # our model, the adapter merged into its weights
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
     # and the merge-lora command writes a plain HF directory that loads without peft's help

@@ -121,7 +121,7 @@ def test_every_parameter_gradient_matches_hf(arch, path, padded, tmp_path):
 @pytest.mark.parametrize("arch", ["mamba", "mamba2"])
 def test_ours_saved_loads_in_hf_with_the_same_logits(arch, tmp_path):
     hf, ours = pair(arch, tmp_path, seed=3, **VARIANTS[arch][1])
-    hf_format.save(ours, tmp_path / "ours")
+    ours.save_pretrained(tmp_path / "ours")
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert config["model_type"] == arch and config["architectures"] == [type(hf).__name__]
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
@@ -138,7 +138,7 @@ def test_tied_model_saves_one_embedding_matrix_and_stays_tied(tmp_path):
     from safetensors.torch import load_file
 
     _, ours = pair("mamba", tmp_path)
-    hf_format.save(ours, tmp_path / "ours")
+    ours.save_pretrained(tmp_path / "ours")
     assert "lm_head.weight" not in load_file(str(tmp_path / "ours" / "model.safetensors"))
     back = hf_format.load(tmp_path / "ours")
     assert back.lm_head.weight is back.backbone.embeddings.weight
@@ -263,7 +263,7 @@ for config in (MambaConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, st
                Mamba2Config(vocab_size=32, hidden_size=8, num_hidden_layers=1, state_size=4, num_heads=2, head_dim=8,
                             n_groups=1, chunk_size=4)):
     with tempfile.TemporaryDirectory() as d:
-        model = hf_format.load(hf_format.save(MambaLM(config), d))
+        model = hf_format.load(MambaLM(config).save_pretrained(d))
         model(torch.zeros(1, 5, dtype=torch.long)).sum().backward()
         generate.generate(model, torch.zeros(1, 5, dtype=torch.long), max_new_tokens=3)
 print(sorted(m for m in sys.modules if m.startswith("transformers.models.mamba")))

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mamba_nb.config import ModelConfig
+from mamba_nb.doc_reset import model_logits
 from mamba_nb.model import (ARCHS, PEER_ARCHS, PRESETS, VOCAB_MULTIPLE, build_model, load_checkpoint, model_config,
                             padded_vocab_size, resize_embeddings)
 from mamba_nb.tokenizer import EOT, SPECIAL_TOKENS, FimTokens, load_hf_tokenizer, train_bpe
@@ -68,7 +69,7 @@ def test_padded_vocab_covers_every_id_and_is_a_multiple(n):
 def test_every_small_preset_builds_and_runs(arch, tok, capsys):
     for preset in ("micro", "tiny"):
         model, scan = build_model(ModelConfig(arch=arch, preset=preset), tok)
-        assert scan in ("kernels", "fast", "hf")
+        assert scan in ("kernels", "fast")
         tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
         assert tied == model.config.tie_word_embeddings == (preset != "tiny")  # the course model is untied
         fim = FimTokens.from_tokenizer(tok)
@@ -76,7 +77,7 @@ def test_every_small_preset_builds_and_runs(arch, tok, capsys):
     printed = capsys.readouterr().out
     assert "selective scan:" in printed and "from scratch" in printed
     ids = torch.tensor([tok.encode("def f(x):\n    return x")])
-    logits = model(input_ids=ids).logits
+    logits = model_logits(model, ids)
     assert logits.shape == (1, ids.shape[1], padded_vocab_size(tok))
 
 
@@ -120,7 +121,7 @@ def test_resize_keeps_every_existing_row_and_the_tie(arch, old, added, tied):
         if added > 1:
             assert not torch.equal(new[0], new[1])  # distinct rows, not one copy
     # the grown model runs on the new ids, and the optimizer would see one tensor if tied
-    logits = model(input_ids=torch.tensor([[0, old + added - 1]])).logits
+    logits = model_logits(model, torch.tensor([[0, old + added - 1]]))
     assert logits.shape == (1, 2, old + added)
     assert len(list(model.parameters())) == len({id(p) for p in model.parameters()})
 
@@ -166,7 +167,7 @@ def test_fine_tune_from_a_local_directory_adds_fim_rows(tmp_path, arch, tied, ca
     fim = FimTokens.from_tokenizer(tokenizer)
     assert model.config.pad_token_id == fim.pad
     ids = torch.tensor([[fim.prefix, 5, fim.suffix, 6, fim.middle]])
-    assert torch.isfinite(model(input_ids=ids).logits).all()
+    assert torch.isfinite(model_logits(model, ids)).all()
 
 
 def test_fine_tune_refuses_data_from_another_tokenizer(tmp_path, tok):
@@ -187,7 +188,7 @@ def test_load_checkpoint_accepts_run_dir_latest_and_plain_dirs(tmp_path, tok):
         model.save_pretrained(d)
         tok.save_pretrained(d)
     ids = torch.tensor([tok.encode("return a + b")])
-    expected = model(input_ids=ids).logits
+    expected = model_logits(model, ids)
     for where in (tmp_path / "run", tmp_path / "run" / "latest", tmp_path / "plain"):
         loaded, loaded_tok = load_checkpoint(where)  # our model (its forward gives the logits), same weights
         assert loaded_tok.get_vocab() == tok.get_vocab()
@@ -209,7 +210,7 @@ def test_size_overrides_and_the_transformer_peer(tok):
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.state_size, cfg.intermediate_size) == (48, 3, 4, 96)
     model, scan = build_model(ModelConfig(arch="llama", preset="micro"), tok, verbose=False)
     assert scan == "attention" and model.config.model_type == "llama"
-    assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == padded_vocab_size(tok)
+    assert model_logits(model, torch.tensor([[1, 2, 3]])).shape[-1] == padded_vocab_size(tok)
     for bad, match in ((dict(state_size=0), "state_size=0"), (dict(arch="llama", state_size=8), "Mamba only"),
                        (dict(arch="llama", preset="130m"), "no preset '130m'")):
         with pytest.raises(ValueError, match=match):

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mamba_nb.doc_reset import model_logits
 from mamba_nb.holes import Hole
 from mamba_nb.infill import encode_prompts, split_near
 from mamba_nb.suffix_gain import bootstrap_interval, derangement, middle_losses, suffix_gain
@@ -36,7 +37,7 @@ def reference_losses(model, tokenizer, sequence: list[int], positions: list[int]
     the tokenizer's ids (not the embedding's padding rows) but the sentinels a middle never holds."""
     fim = FimTokens.from_tokenizer(tokenizer)
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([sequence])).logits[0, :, : len(tokenizer)].float()
+        logits = model_logits(model, torch.tensor([sequence]))[0, :, : len(tokenizer)].float()
     logits[:, [fim.prefix, fim.middle, fim.suffix, fim.pad]] = -math.inf
     logp = torch.log_softmax(logits, -1)
     return np.array([-float(logp[t - 1, sequence[t]]) for t in positions])

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from mamba_nb import checkpoint as ckpt
 from mamba_nb.config import ModelConfig, TrainConfig
-from mamba_nb.model import build_model, load_checkpoint
+from mamba_nb.doc_reset import model_logits
+from mamba_nb.model import build_model, enable_checkpointing, load_checkpoint
 from mamba_nb.schedule import lr_at, param_groups
 from mamba_nb.train import TrainingError, train
 
@@ -150,7 +151,7 @@ def test_validation_is_deterministic_and_fim_loss_counts_middles_only(tiny_datas
     loader, _ = make_loader(tiny_dataset, "validation", dataclasses.replace(cfg, fim_rate=1.0), 4, shuffle=True, epoch=0)
     batch = next(iter(loader))
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"]).logits
+        logits = model_logits(model, batch["input_ids"])
     y = batch["targets"].masked_fill(~batch["middle_mask"], -100)
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
     assert first["val_fim_loss"] == pytest.approx(float(expected), rel=1e-5)
@@ -436,9 +437,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch, tiny_dat
         model, _ = build_model(cfg, tiny_dataset.tokenizer, verbose=False)
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            assert model.is_gradient_checkpointing
-        logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+            enable_checkpointing(model)
+            assert model.gradient_checkpointing
+        logits = model_logits(model, batch["input_ids"])
         loss = training_loss(logits, batch["targets"], batch["middle_mask"])
         loss.backward()
         losses.append(loss.item())

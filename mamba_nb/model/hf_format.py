@@ -1,9 +1,10 @@
-"""Our Mamba in the Hugging Face format: `save` a directory `transformers` loads, `load` any HF Mamba.
+"""Our Mamba in the Hugging Face format: `load` any HF Mamba (writing one: `MambaLM.save_pretrained`).
 
 The format is a directory with `config.json` (HF's field names, `model_type` "mamba" or "mamba2",
 `architectures`) and the weights under HF's parameter names (`lm.py` has the same module tree, so
-the names match one to one). `save` writes `model.safetensors` (one file, via `safetensors`;
-a tied `lm_head.weight` is left out, as HF does); `MambaForCausalLM.from_pretrained` reads it.
+the names match one to one). `MambaLM.save_pretrained` writes `model.safetensors` (one file, via
+`safetensors`; a tied `lm_head.weight` is left out, as HF does); `MambaForCausalLM.from_pretrained`
+reads it.
 
 `load` reads a local directory or, given a hub id such as `state-spaces/mamba-130m-hf`, downloads
 the config and weights through `huggingface_hub.snapshot_download` (needs network: the GPU route).
@@ -24,7 +25,6 @@ directory of training (`checkpoint.py`); it never imports transformers' modeling
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -34,26 +34,7 @@ import torch
 
 from .lm import MIXERS, MambaLM
 
-ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
 WEIGHT_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
-
-
-def save(model: MambaLM, directory: Union[str, Path]) -> Path:
-    """Write `model` as an HF-format directory (config.json + model.safetensors); returns the directory."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = copy.deepcopy(model.config)
-    config.architectures = [ARCHITECTURES[config.model_type]]
-    config.vocab_size = model.lm_head.weight.shape[0]
-    config.dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")  # what the weights are stored in
-    config.save_pretrained(str(directory))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        tensors.pop("lm_head.weight")  # the same matrix as the embeddings; safetensors stores no aliases
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    return directory
 
 
 def load(path: Union[str, Path], device=None, dtype: torch.dtype = torch.float32, scan_path: str = "auto") -> MambaLM:
@@ -88,8 +69,8 @@ def local_directory(path: Union[str, Path]) -> Path:
     local = Path(path)
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ValueError(f"{str(local)!r} has no config.json; pass a directory saved by mamba_nb.model.hf_format.save "
-                             "or by save_pretrained, or a hub id such as state-spaces/mamba-130m-hf")
+            raise ValueError(f"{str(local)!r} has no config.json; pass a directory saved by save_pretrained "
+                             "(ours or HF's), or a hub id such as state-spaces/mamba-130m-hf")
         return local
     from huggingface_hub import snapshot_download
 
@@ -100,7 +81,8 @@ def local_directory(path: Union[str, Path]) -> Path:
     except Exception as err:
         raise ValueError(f"{str(path)!r} is not a local directory and could not be downloaded from the hub "
                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); pass a local "
-                         "directory, or a hub id such as state-spaces/mamba-130m-hf with network") from None
+                         "directory saved with save_pretrained or a hub id such as state-spaces/mamba-130m-hf "
+                         "(needs network)") from None
     return got
 
 

@@ -12,12 +12,15 @@ names as in a checkpoint's config.json), and the module tree gives HF's paramete
 
 `forward` reads whole sequences (training, scoring; `gradient_checkpointing` recomputes each block
 in the backward pass); `init_weights` is HF's initialisation for a from-scratch model; `step` is one
-generated token (`generate.py` holds the prefill, the loop and the state). What this module does not do: load or save
-(`hf_format.py`), sampling (`generate.py`), the mixers' insides (`mamba1.py`, `mamba2.py`).
+generated token (`generate.py` holds the prefill, the loop and the state); `save_pretrained` writes
+the HF-format directory. What this module does not do: load a checkpoint (`hf_format.py`), sampling
+(`generate.py`), the mixers' insides (`mamba1.py`, `mamba2.py`).
 """
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -29,6 +32,7 @@ from .mamba1 import MambaMixer
 from .mamba2 import Mamba2Mixer
 
 MIXERS = {"mamba": MambaMixer, "mamba2": Mamba2Mixer}
+ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}  # HF's class of each, in config.json
 
 
 class RMSNorm(nn.Module):
@@ -76,6 +80,10 @@ class Backbone(nn.Module):
 class MambaLM(nn.Module):
     """Our Mamba-1 / Mamba-2 language model (module docstring); `config` an HF Mamba(2)Config."""
 
+    # which weight is tied to which (when config.tie_word_embeddings), in the form HF's classes declare it:
+    # peft reads it of a model that is not HF's to keep a tied head in step with trained embedding rows
+    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+
     def __init__(self, config):
         super().__init__()
         if config.model_type not in MIXERS:
@@ -118,6 +126,31 @@ class MambaLM(nn.Module):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    def save_pretrained(self, directory, state_dict: Optional[dict] = None) -> Path:
+        """Write the model as an HF-format directory: config.json + model.safetensors, which HF's
+        `from_pretrained` and `hf_format.load` read (HF's method name, so a run saves ours and the Llama
+        peer alike). `state_dict`: the weights to write instead of the model's own (an FSDP rank's model
+        holds shards; rank 0 gathers the whole ones). Returns the directory."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = copy.deepcopy(self.config)
+        config.architectures = [ARCHITECTURES[config.model_type]]
+        config.vocab_size = self.get_input_embeddings().num_embeddings
+        config.dtype = str(self.lm_head.weight.dtype).removeprefix("torch.")  # what the weights are stored in
+        config.save_pretrained(str(directory))
+        weights = self.state_dict() if state_dict is None else state_dict
+        tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+        if config.tie_word_embeddings:
+            tensors.pop("lm_head.weight", None)  # the same matrix as the embeddings; safetensors stores no aliases
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return directory
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (training)."""
+        self.gradient_checkpointing = True
 
     @property
     def scan_path(self) -> str:
@@ -165,3 +198,12 @@ class MambaLM(nn.Module):
             if t is not None and tuple(t.shape) != tuple(input_ids.shape):
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, input_ids {tuple(input_ids.shape)}: "
                                  "pass one value per token")
+
+
+def ours(model) -> Optional[MambaLM]:
+    """Our `MambaLM` inside `model` (itself, or inside DDP's `.module` or a peft wrapper), else None
+    (the Llama peer, an HF model). FSDP leaves the class a subclass of ours: `model` itself."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):  # peft: the adapters sit inside the base model's own modules
+        inner = inner.get_base_model()
+    return inner if isinstance(inner, MambaLM) else None

@@ -1,9 +1,9 @@
-"""The HF-based model path: Hugging Face `MambaForCausalLM` (Mamba-1) or `Mamba2ForCausalLM`, by size preset.
+"""Building and loading models: by size preset, from scratch or a pretrained checkpoint, by one loader.
 
-Because the model *is* the HF class, a checkpoint saved here loads anywhere
-`transformers` runs, and a public `state-spaces/mamba-*-hf` checkpoint fine-tunes here.
-(Our own Mamba-1/Mamba-2 code, in the same format, sits beside it in this package:
-`mamba1.py`, `mamba2.py`, `hf_format.py`; inference runs on it, training does not use it yet.)
+A Mamba is ours (`lm.MambaLM`: Mamba-1 or Mamba-2), in Hugging Face's format: a checkpoint saved here
+loads anywhere `transformers` runs (`MambaForCausalLM` / `Mamba2ForCausalLM`), and a public
+`state-spaces/mamba-*-hf` checkpoint fine-tunes here. The Llama peer (the transformer the course
+compares with) is HF's `LlamaForCausalLM`.
 
 - `PRESETS`: named sizes. `micro` (tests), `tiny` (the CPU course), and the public
   checkpoint sizes `130m` ... `2.8b` (Mamba-1 numbers from `state-spaces/mamba-*-hf`;
@@ -11,19 +11,20 @@ Because the model *is* the HF class, a checkpoint saved here loads anywhere
   models: the nearest name is used).
 - `build_model(cfg, tokenizer)`: from scratch, or from `cfg.pretrained` (a hub id or a
   local directory, one code path), grown to the tokenizer's vocabulary (`resize_embeddings`),
-  with the selective-scan path installed (`mamba_nb.scan.apply_scan_path`).
-- `load_checkpoint(dir)`: any directory saved by this project (a run dir, its `latest/`, a
-  snapshot, a LoRA run: its adapter merged) or any HF Mamba directory → `(model, tokenizer)`, the
-  model our `lm.MambaLM` (read by `hf_format.load`), the Llama peer HF's class.
+  with its scan path set (`scan.py`: kernels, fast, reference).
+- `load_model(dir)` / `load_checkpoint(dir)`: any directory saved by this project (a run dir, its
+  `latest/`, a snapshot, a LoRA run: its adapter merged, or kept trainable to resume) or any HF
+  Mamba directory → the model (and its tokenizer).
 - `model_from_config(dir)`: the architecture a checkpoint's config.json describes, without its
   weights (an FSDP checkpoint's weights are in its shards: `fsdp.py`).
 
-Not here: the training loop and the optimizer (`train.py`), checkpoint files beyond
-`save_pretrained` (`checkpoint.py`), the scan implementations themselves (`scan/`).
+Not here: the training loop and the optimizer (`train.py`), the run directory's files
+(`checkpoint.py`), the model's code (`lm.py`, `mamba1.py`, `mamba2.py`) and format (`hf_format.py`).
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -89,7 +90,7 @@ _ARCH_DEFAULTS = {
 }
 
 SCAN_NAMES = {"kernels": "fused kernels (mamba-ssm / causal-conv1d)", "fast": "fast CPU scan",
-              "hf": "PyTorch HF reference path", "reference": "readable PyTorch reference scan",
+              "reference": "readable PyTorch reference scan",
               "attention": "none (a transformer: attention, SDPA)"}
 
 
@@ -214,38 +215,42 @@ def _check_same_base_vocab(pretrained: str, tokenizer) -> None:
 
 
 def _load_pretrained(path: str):
+    """The fp32 model at `path` (a directory or a hub id): a Mamba as ours (`hf_format.load`), the Llama
+    peer as HF's class."""
+    from . import hf_format
+
+    directory = hf_format.local_directory(path)  # a hub id: its downloaded snapshot
+    if _holds_mamba(directory):
+        model = hf_format.load(directory)
+        model.name_or_path = str(path)  # a LoRA adapter names its base by it
+        return model
     from transformers import AutoModelForCausalLM
 
-    from safetensors import SafetensorError
-
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except SafetensorError as err:  # a weights file cut short (a copy interrupted, a full disk)
-        raise ValueError(f"the weights (*.safetensors) in {path!r} are damaged ({err}); restore the directory, or use a snapshot "
-                         "of the run (its snapshots/ folder)") from None
+        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
     except (OSError, ValueError) as err:
-        raise ValueError(
-            f"could not load a model from {path!r} ({err}); pass a local directory saved with "
-            "save_pretrained or a hub id such as state-spaces/mamba-130m-hf (needs network)"
-        ) from err
-    if model.config.model_type not in ARCHS + PEER_ARCHS:
+        raise ValueError(f"could not load a model from {path!r} ({err}); pass a directory saved with save_pretrained "
+                         "or a hub id such as state-spaces/mamba-130m-hf (needs network)") from err
+    if model.config.model_type not in PEER_ARCHS:
         raise ValueError(f"{path!r} holds a {model.config.model_type!r} model; this course trains {ARCHS} only")
     return model
 
 
 def _install_scan(model, scan: str) -> str:
-    from mamba_nb.scan import apply_scan_path
-
+    """Set our model's scan path; → the path that runs ("kernels" | "fast" | "reference"; "attention" for the
+    Llama peer, which has no scan)."""
     if model.config.model_type in PEER_ARCHS:
-        return "attention"  # a transformer: no selective scan to choose
-    return apply_scan_path(model, scan)
+        return "attention"
+    model.set_scan_path(scan)
+    return _resolved_scan(model, scan)
 
 
 def build_model(cfg: ModelConfig, tokenizer, device=None, verbose: bool = True):
     """`(model, scan_path)`: a Mamba for `tokenizer`, from scratch or fine-tuned from `cfg.pretrained`.
 
-    The model is fp32, on `device` (default: the CPU). `scan_path` is "kernels", "fast" or
-    "hf" for that device, and is printed, so every run says which selective scan it trains with.
+    A Mamba is ours (`lm.MambaLM`), the Llama peer HF's class; fp32, on `device` (default: the CPU).
+    `scan_path` is "kernels", "fast" or "reference" for that device, and is printed, so every run says
+    which selective scan it trains with.
     """
     if cfg.pretrained:
         model = _load_pretrained(cfg.pretrained)
@@ -257,10 +262,8 @@ def build_model(cfg: ModelConfig, tokenizer, device=None, verbose: bool = True):
         model.config.pad_token_id = fim.pad
         source = f"fine-tuning {cfg.pretrained} ({added} new embedding rows)"
     else:
-        from transformers import AutoModelForCausalLM
-
         # the initial weights come from torch's global RNG: `train` seeds it first
-        model = AutoModelForCausalLM.from_config(model_config(cfg, tokenizer), dtype=torch.float32)
+        model = new_model(model_config(cfg, tokenizer))
         source = f"from scratch, preset {cfg.preset!r}"
     if device is not None:
         model.to(device)  # first: the scan path ("auto", "kernels") depends on the device
@@ -289,20 +292,14 @@ def _with_lora(model, cfg, tokenizer, source: str):
 
 def load_model(path, scan: str = "auto", device=None, trainable: bool = False):
     """`(model, scan_path)`: the model saved in directory `path`, on `device` (what resuming a run and
-    `load_checkpoint` both use). For inference, a Mamba is ours (`lm.MambaLM`, read by
-    `hf_format.load`: directories written by HF's `save_pretrained` too); to resume (`trainable`) it
-    is HF's class with the selective-scan path installed. A LoRA checkpoint (an adapter) is put on
-    its base: merged into it, or (`trainable`) as a peft model. The Llama peer is always HF's."""
+    `load_checkpoint` both use). A Mamba is ours (`lm.MambaLM`, read by `hf_format.load`: directories
+    written by HF's `save_pretrained` too), the Llama peer HF's class. A LoRA checkpoint (an adapter)
+    is put on its base: merged into it, or (`trainable`) as a peft model."""
     from mamba_nb import lora
     from mamba_nb.checkpoint import check_weights_present
 
     check_weights_present(path)
     adapter = lora.is_adapter(path)
-    if not trainable and not adapter and _holds_mamba(path):
-        from . import hf_format
-
-        model = hf_format.load(path, device=device, scan_path=_our_scan(scan))
-        return model, _our_resolved_scan(model, scan)
     model = _load_pretrained(lora.adapter_base(path) if adapter else str(path))
     if adapter:  # the base grows the FIM rows the adapter was trained with (same seed, same rows)
         from transformers import AutoTokenizer
@@ -315,9 +312,6 @@ def load_model(path, scan: str = "auto", device=None, trainable: bool = False):
         model = lora.load_adapter(model, path, trainable=trainable)
         if not trainable:
             model = model.merge_and_unload()
-            if model.config.model_type in ARCHS:  # the merged weights, in our model
-                model = _as_ours(model, path, scan)
-                scan_path = _our_resolved_scan(model, scan)
     return model, scan_path
 
 
@@ -334,40 +328,53 @@ def _holds_mamba(path) -> bool:
                                          ("model_type" not in fields and "d_model" in fields))
 
 
-def _our_scan(scan: str) -> str:
-    """Our scan path for a run's `scan` setting: HF's reference path ("hf") is our readable reference."""
-    return "reference" if scan == "hf" else scan
-
-
-def _our_resolved_scan(model, scan: str) -> str:
+def _resolved_scan(model, scan: str) -> str:
     """The path our model's "auto" resolves to on its device ("kernels" or "fast"); others as given."""
     from . import scan as scans
 
-    path = _our_scan(scan)
-    if path != "auto":
-        return path
+    if scan != "auto":
+        return scan
     return "kernels" if scans.kernels_for("auto", model.lm_head.weight) is not None else "fast"
 
 
-def _as_ours(hf_model, path, scan: str):
-    """Our `MambaLM` holding an HF Mamba's weights (a merged LoRA model), as it was: device, dtype, mode."""
-    from . import hf_format
+def new_model(config):
+    """A from-scratch model for an HF config: ours for a Mamba, HF's class for the Llama peer; fp32,
+    initialised from torch's global RNG."""
+    if config.model_type in ARCHS:
+        from .lm import MambaLM
 
-    weight = hf_model.lm_head.weight
-    model = hf_format.from_weights(hf_model.config, hf_model.state_dict(), path)
-    model.name_or_path = str(path)
-    return model.to(device=weight.device, dtype=weight.dtype).set_scan_path(_our_scan(scan))
+        return MambaLM(config)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them: our Mamba
+    (inside a peft wrapper too) its own way; HF's Llama peer through HF's switch, non-reentrant (the
+    recomputation builds the same graph)."""
+    from .lm import ours
+
+    mamba = ours(model)
+    if mamba is not None:
+        mamba.gradient_checkpointing_enable()
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def model_from_config(path, scan: str = "auto", device=None):
     """`(model, scan_path)`: the model the config.json in directory `path` describes, freshly
     initialised (its weights come next, from an FSDP checkpoint's shards: `fsdp.load_shards`,
-    `fsdp.convert_shards`), on `device`, with the selective-scan path installed."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    `fsdp.convert_shards`), on `device`, with its scan path set."""
+    from transformers import AutoConfig
 
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)), dtype=torch.float32)
-    if model.config.model_type not in ARCHS + PEER_ARCHS:
-        raise ValueError(f"{str(path)!r} describes a {model.config.model_type!r} model; this course trains {ARCHS} only")
+    from . import hf_format
+
+    config = (hf_format.read_config(Path(path) / "config.json") if _holds_mamba(path)
+              else AutoConfig.from_pretrained(str(path)))
+    if config.model_type not in ARCHS + PEER_ARCHS:
+        raise ValueError(f"{str(path)!r} describes a {config.model_type!r} model; this course trains {ARCHS} only")
+    model = new_model(config)
     if device is not None:
         model.to(device)  # first: the scan path ("auto", "kernels") depends on the device
     return model, _install_scan(model, scan)
