@@ -14,8 +14,8 @@ document, the same numbers as convolving each document on its own (zeros before 
 - `positions_in_document`: how far each token is from its document's start (also the Llama peer's
   position ids).
 
-What this module does not do: decide when to reset (`patch.reset_states_at` carries the starts) or
-reset the scan state (`selective.py`).
+What this module does not do: decide when to reset (the window's starts reach it through our mixer's
+`doc_starts`, `model/mamba1.py`) or reset the scan state (`selective.py`).
 """
 from __future__ import annotations
 

@@ -39,11 +39,11 @@ in cache instead of a dozen passes over the (L, B, N, D) tensors, 1.38-1.47x the
 (benchmarks/bench_train_cpu.py). `_Recurrence` below is what runs everywhere else (GPU, float64,
 no compiler) and what the kernel is tested against.
 
-What it does not do: it does not take an initial state (neither does the kernel HF calls; HF's
-prefill starts from zero too), it does not do Mamba-2's scalar-decay scan (HF's chunked path
-already uses matmuls there), and it does not touch the model: `mamba_nb.scan.patch` plugs it into
-HF's mixer, and our own mixer (`mamba_nb.model.mamba1`) calls `scan_time_major`, the same scan on
-the time-major tensors the recurrence runs in (no permute copies).
+What it does not do: it does not take an initial state (neither does mamba-ssm's kernel; a
+prefill starts from zero too), it does not do Mamba-2's scalar-decay scan (`model/ssd.py`, chunked,
+already matmuls), and it does not hold weights: our mixer (`mamba_nb.model.mamba1`) calls
+`scan_time_major`, the same scan on the time-major tensors the recurrence runs in (no permute
+copies), through `model/scan.py`, which chooses the path.
 """
 from __future__ import annotations
 

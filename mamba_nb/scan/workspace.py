@@ -55,6 +55,6 @@ def backward_once(ctx) -> None:
     if ctx.done:
         raise RuntimeError(
             "the fast selective scan's backward ran twice on one graph (retain_graph=True); its buffers "
-            "are reused after the first backward. Run the forward again, or use apply_scan_path(model, 'hf')"
+            "are reused after the first backward. Run the forward again, or use the scan path 'reference' (--scan reference)"
         )
     ctx.done = True
