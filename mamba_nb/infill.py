@@ -250,7 +250,7 @@ FROM_CHECKPOINT = "checkpoint"  # `near_lines` default: the layout the model's r
 
 def model_source(model) -> str:
     """Where the model was loaded from (its checkpoint directory, or "" for a model built here)."""
-    return getattr(model, "name_or_path", None) or model.config._name_or_path
+    return getattr(model, "name_or_path", None) or ""  # ours and HF's models both say it under this public name
 
 
 def resolve_near_lines(model, near_lines) -> Optional[tuple[int, int]]:
