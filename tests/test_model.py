@@ -215,3 +215,16 @@ def test_size_overrides_and_the_transformer_peer(tok):
                        (dict(arch="llama", preset="130m"), "no preset '130m'")):
         with pytest.raises(ValueError, match=match):
             model_config(ModelConfig(**{"preset": "micro", **bad}), tok)
+
+
+def test_damaged_weights_of_the_llama_peer_say_so_as_a_mamba_s_do(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mamba_nb.model import load_model
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64)).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy cut short
+    with pytest.raises(ValueError, match=r"are damaged .*snapshots/"):
+        load_model(tmp_path)

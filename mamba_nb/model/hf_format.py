@@ -129,6 +129,12 @@ def _from_state_spaces(fields: dict, where) -> dict:
     return dict(hf, model_type="mamba", state_size=ssm.get("d_state", 16), time_step_rank=ssm.get("dt_rank", "auto"))
 
 
+def damaged_weights(directory, err: Exception) -> ValueError:
+    """The error for a safetensors file that does not read (a copy interrupted, a full disk)."""
+    return ValueError(f"the weights (*.safetensors) in {str(directory)!r} are damaged ({err}); restore the "
+                      "directory, or use a snapshot of the run (its snapshots/ folder)")
+
+
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint in `directory`: safetensors (one file or sharded) or pytorch_model.bin."""
     from safetensors import SafetensorError
@@ -140,9 +146,8 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         for f in files:
             try:
                 weights.update(load_file(str(f)))
-            except SafetensorError as err:  # a weights file cut short (a copy interrupted, a full disk)
-                raise ValueError(f"the weights (*.safetensors) in {str(directory)!r} are damaged ({err}); restore the "
-                                 "directory, or use a snapshot of the run (its snapshots/ folder)") from None
+            except SafetensorError as err:
+                raise damaged_weights(directory, err) from None
         return weights
     bins = sorted(directory.glob("pytorch_model*.bin"))
     if bins:

@@ -224,10 +224,13 @@ def _load_pretrained(path: str):
         model = hf_format.load(directory)
         model.name_or_path = str(path)  # a LoRA adapter names its base by it
         return model
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+    except SafetensorError as err:  # the Llama peer's weights: the same error as a Mamba's (`hf_format`)
+        raise hf_format.damaged_weights(path, err) from None
     except (OSError, ValueError) as err:
         raise ValueError(f"could not load a model from {path!r} ({err}); pass a directory saved with save_pretrained "
                          "or a hub id such as state-spaces/mamba-130m-hf (needs network)") from err
