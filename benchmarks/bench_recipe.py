@@ -42,6 +42,8 @@ CANDIDATES: dict[str, tuple[str, list[str], int | None, dict]] = {
     "course": ("the course default", [], None, {}),
     "paper-fim": ("FIM as in the paper: whole-document spans (fim_region_lines 0)",
                   ["--fim-region-lines", "0", "--line-hole-rate", "0"], None, {}),
+    "mix": ("a mix: half the windows in regions (the course's), the rest whole-document FIM (region_share 0.5)",
+            ["--region-share", "0.5"], None, {}),
     "fim-0.5": ("half the regions transformed (fim_rate 0.5, from 0.9): more plain code read in order",
                 ["--fim-rate", "0.5"], None, {}),
     "fim-0.7-lr-6e-3": ("fim_rate 0.7 and learning rate 6e-3: more plain code, learned faster",
@@ -84,6 +86,7 @@ def train_candidate(name: str, budget_s: float) -> None:
 
 def measure(name: str, tasks_from: str, num_tasks: int) -> dict:
     from mamba_nb.holes import documents_from, line_tasks, package_dir
+    from mamba_nb.infill import FROM_CHECKPOINT, resolve_near_lines
     from mamba_nb.checkpoint import trained_context_len
     from mamba_nb.model import load_checkpoint
     from mamba_nb.suffix_gain import suffix_gain
@@ -99,7 +102,15 @@ def measure(name: str, tasks_from: str, num_tasks: int) -> dict:
     tasks = line_tasks(documents_from(directory), num_tasks, seed=1, tokenizer=tok)
     gain = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=trained_context_len(out))
     spm, fim = gain["spm"], min((gain["spm"], gain["psm"]), key=lambda r: r["loss"])  # fim: the better FIM prompt
-    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "val_bpb": last.get("val_bpb"),
+    far = {}
+    if resolve_near_lines(model, FROM_CHECKPOINT) is not None:  # trained in regions: the layout off too
+        off = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=trained_context_len(out),
+                          near_lines=None)
+        off_fim = min((off["spm"], off["psm"]), key=lambda r: r["loss"])
+        far = {"far_fim_middle_loss": off_fim["loss"], "far_fim_middle_interval": off_fim["loss_interval"],
+               "far_content_gain": off["spm"]["content_gain"], "far_content_interval": off["spm"]["content_interval"],
+               "far_eot_loss": off["spm"]["eot_loss"]}
+    return {**far, "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "val_bpb": last.get("val_bpb"),
             "val_loss": last["val_loss"], "val_fim_loss": last["val_fim_loss"], "tokens_seen": last["tokens_seen"],
             "tokens_per_s": last["tokens_seen"] / step_s if step_s else 0.0, "gain": spm["gain"],
             "gain_interval": spm["interval"], "eot_loss": spm["eot_loss"],
@@ -136,6 +147,45 @@ def print_table(results: dict, budget_s: float, tasks_from: str, num_tasks: int)
               f"{r['tokens_per_s'] / base['tokens_per_s']:7.2f} {r['val_bpb'] / base['val_bpb']:6.3f}")
 
 
+def print_near_layout(results: dict) -> None:
+    """The candidates trained in regions, prompted with the near-hole layout (`infill.split_near`:
+    the far prefix as plain code, the hole's neighbourhood as the FIM sample) and without it."""
+    rows = {n: r for n, r in results.items() if "far_fim_middle_loss" in r}
+    if not rows:
+        return
+    print("\nthe near-hole layout on and off (same holes; middle loss of the better FIM prompt, SPM content gain, "
+          "SPM <|endoftext|> loss)")
+    print(f"{'candidate':<15} {'layout':<6} {'FIM middle loss':>22} {'content gain':>24} {'EOT loss':>8}")
+    for name, r in rows.items():
+        for label, key in (("near", ""), ("off", "far_")):
+            lo, hi = r[f"{key}fim_middle_interval"]
+            print(f"{name:<15} {label:<6} {r[f'{key}fim_middle_loss']:8.3f} [{lo:.2f}, {hi:.2f}] "
+                  f"{r[f'{key}content_gain']:+7.3f} {_interval(*r[f'{key}content_interval'])} "
+                  f"{r[f'{key}eot_loss']:8.2f}")
+
+
+def print_equal_tokens(names: list[str]) -> None:
+    """The runs' own validation records at the last step every run reached: equal tokens (same
+    batch and context), whatever each one's speed. Held-out stdlib windows and holes."""
+    from mamba_nb.viz.training import read_metrics
+
+    evals = {n: {r["step"]: r for r in read_metrics(OUT / n) if r["kind"] == "eval"} for n in names}
+    common = set.intersection(*(set(e) for e in evals.values()))
+    if not common:
+        return
+    step = max(common)
+    print(f"\nat equal tokens: step {step} of every run (its validation: stdlib windows; best-prompt middle loss and "
+          "content gain on its fixed validation holes)")
+    print(f"{'candidate':<15} {'tokens':>9} {'val bpb':>7} {'FIM loss':>8} {'best middle loss':>26} "
+          f"{'content gain':>24}")
+    for n in names:
+        r = evals[n][step]
+        lo, hi = r["val_best_middle_loss_interval"]
+        print(f"{n:<15} {r['tokens_seen']:9,} {r['val_bpb']:7.3f} {r['val_fim_loss']:8.3f} "
+              f"{r['val_best_middle_loss']:8.3f} {r['val_best_prompt']} [{lo:.2f}, {hi:.2f}] "
+              f"{r['val_content_gain']:+7.3f} {_interval(*r['val_content_gain_interval'])}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=float, default=600.0, help="training seconds per candidate")
@@ -156,6 +206,8 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({"budget_s": args.budget_s, "results": results}, indent=2))
 
     print_table(results, args.budget_s, args.tasks_from, args.num_tasks)
+    print_near_layout(results)
+    print_equal_tokens(names)
     return 0
 
 

@@ -109,6 +109,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "fim_rate": _PROBABILITY,
     "spm_rate": _PROBABILITY,
     "line_hole_rate": _PROBABILITY,
+    "region_share": _PROBABILITY,
     "fim_region_lines": _at_least(0, "(0: whole documents)"),
     "fim_level": _one_of("char", "token"),
     "arch": _one_of("mamba", "mamba2", "llama"),
@@ -278,6 +279,9 @@ class WindowConfig(Checked):
                                        "pieces); needs fim_level char")
     line_hole_rate: float = setting(0.0, "share of FIM middles shaped like real holes (whole lines, a line's end), "
                                          "not random spans")
+    # A mix: near holes for reading the suffix, whole documents for reaching far back (fim.py, "Regions").
+    region_share: float = setting(1.0, "with fim_region_lines: share of windows FIM'd in regions; the rest get "
+                                       "whole-document FIM, the paper's")
     seed: int = setting(0, "the seed of the window offsets and order and of the FIM draws (a run's initial weights "
                            "too)")
     # Training and its validation losses both follow it (doc_reset.py).
@@ -291,6 +295,9 @@ class WindowConfig(Checked):
             raise ValueError(f"fim_region_lines={self.fim_region_lines} cuts regions on line ends in the decoded text, "
                              f"which needs fim_level='char' (got {self.fim_level!r}); pass --fim-level char or "
                              "--fim-region-lines 0")
+        if self.region_share < 1 and not self.fim_region_lines:
+            raise ValueError(f"region_share={self.region_share} mixes FIM in regions with whole-document FIM, "
+                             "which needs regions: pass --fim-region-lines (e.g. 4), or --region-share 1")
 
 
 @dataclass

@@ -39,10 +39,20 @@ each `<|endoftext|>` that separated two files in the token array, followed throu
 not the `<|endoftext|>` that closes every FIM middle (in whole-document FIM that token also closes
 the document; in regions it is followed by the document's own, and only that one counts).
 
+Regions. With `fim_region_lines = R`, each piece is cut into runs of R lines and each run is its
+own FIM sample (with probability `fim_rate`), so a hole's prefix and suffix lie within R - 1
+lines of it: what a small model can read. `line_hole_rate` shapes that share of the middles like
+the holes people leave (a line, a block, a line's end). The middle's `<|endoftext|>` closes the
+hole; the document's own follows the piece's last region. With `region_share` < 1 only that
+share of the windows is laid out in regions and the rest get whole-document FIM (a mix: near
+holes teach reading the suffix, whole documents keep the far prefix next to the middle);
+`FimResult.regions` says which windows were.
+
 Randomness. Every draw of a window comes from `fim_rng(seed, epoch, start)`, four
 numbers per piece drawn whatever `fim_rate` is, so a sample depends only on
 (seed, epoch, window start), not on the worker that made it, and raising
-`fim_rate` transforms a superset of the pieces.
+`fim_rate` transforms a superset of the pieces. Whether a window is laid out in regions is drawn
+from its own generator (`region_rng`), so changing `region_share` leaves every other draw alone.
 
 This module does not read data or choose windows (see `sampler.py`, `windows.py`).
 """
@@ -65,11 +75,17 @@ ROLE_NAMES = ("plain", "sentinel", "prefix", "suffix", "middle", "pad")
 
 IGNORE_INDEX = -100  # a target the loss skips: <fim_pad> here; tokens outside middles in the FIM-middle loss
 FIM_STREAM = 2  # the first key of every FIM draw (the sampler's streams are 0 and 1 after the seed)
+REGION_STREAM = 3  # the first key of the regions-or-whole-document draw of a window (region_share)
 
 
 def fim_rng(seed: int, epoch: int, start: int) -> np.random.Generator:
     """The generator of every FIM draw of the window at `start` in `epoch`: same numbers in any worker."""
     return keyed_rng(FIM_STREAM, seed, epoch, start)
+
+
+def region_rng(seed: int, epoch: int, start: int) -> np.random.Generator:
+    """The generator of whether the window at `start` in `epoch` is laid out in regions (region_share)."""
+    return keyed_rng(REGION_STREAM, seed, epoch, start)
 
 
 @dataclass
@@ -83,6 +99,8 @@ class FimResult:
     tokens dropped from that piece to fit; spans[b][i]: [start, end) of that piece in `tokens`
     (its closing <|endoftext|> included). `num_drawn` counts pieces drawn for FIM, of which
     `num_fim` were transformed (the rest were too short to fit), out of `num_pieces` non-empty ones.
+    regions: (B,) bool, True for the windows laid out in regions (read them back with
+    `undo_fim(..., fim_region_lines)`, the others with 0).
     """
 
     tokens: np.ndarray
@@ -94,6 +112,7 @@ class FimResult:
     num_pieces: int = 0
     num_drawn: int = 0
     num_fim: int = 0
+    regions: Optional[np.ndarray] = None
 
     @property
     def fim_fraction(self) -> float:
@@ -136,12 +155,13 @@ class FimTransform:
 
     def __init__(self, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, fim_level: str = "char",
                  seed: int = 0, fim_tokens: Optional[FimTokens] = None, fim_region_lines: int = 0,
-                 line_hole_rate: float = 0.0):
+                 line_hole_rate: float = 0.0, region_share: float = 1.0):
         # the settings are checked where every setting is: in the config dataclass
         WindowConfig(fim_rate=fim_rate, spm_rate=spm_rate, fim_level=fim_level, seed=seed,
-                     fim_region_lines=fim_region_lines, line_hole_rate=line_hole_rate)
+                     fim_region_lines=fim_region_lines, line_hole_rate=line_hole_rate, region_share=region_share)
         self.fim_rate, self.spm_rate, self.fim_level = float(fim_rate), float(spm_rate), fim_level
         self.fim_region_lines, self.line_hole_rate, self.seed = int(fim_region_lines), float(line_hole_rate), int(seed)
+        self.region_share = float(region_share)
         self.fim_tokens = fim_tokens or FimTokens.from_tokenizer(tokenizer)
         self._tokenizer = tokenizer
         self._codec = None  # the Rust tokenizer, copied on first use (see _backend)
@@ -151,7 +171,8 @@ class FimTransform:
     def from_config(cls, tokenizer, cfg, fim_tokens: Optional[FimTokens] = None) -> "FimTransform":
         """The transform a `WindowConfig` describes."""
         return cls(tokenizer, cfg.fim_rate, cfg.spm_rate, cfg.fim_level, cfg.seed, fim_tokens,
-                   fim_region_lines=cfg.fim_region_lines, line_hole_rate=cfg.line_hole_rate)
+                   fim_region_lines=cfg.fim_region_lines, line_hole_rate=cfg.line_hole_rate,
+                   region_share=cfg.region_share)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -188,8 +209,17 @@ class FimTransform:
             raise ValueError(f"windows must be (B, L) token ids, got shape {windows.shape}")
         B, L = windows.shape
         starts = np.arange(B) if starts is None else np.asarray(starts)
-        if self.fim_region_lines:
+        if not self.fim_region_lines:
+            return self._call_documents(windows, starts, epoch)
+        if self.region_share >= 1:
             return self._call_regions(windows, starts, epoch)
+        in_regions = np.array([region_rng(self.seed, epoch, s).random() < self.region_share for s in starts], dtype=bool)
+        return _merge(in_regions, self._call_regions(windows[in_regions], starts[in_regions], epoch),
+                      self._call_documents(windows[~in_regions], starts[~in_regions], epoch))
+
+    def _call_documents(self, windows: np.ndarray, starts: np.ndarray, epoch: int) -> FimResult:
+        """FIM per whole document piece (the paper's; module docstring)."""
+        B, L = windows.shape
         t = self.fim_tokens
         others = np.array([t.prefix, t.middle, t.suffix, t.pad])
 
@@ -254,6 +284,7 @@ class FimTransform:
             result.trimmed.append(trims)
             result.spans.append(spans)
         result.doc_starts = _piece_starts(result.spans, (B, L))
+        result.regions = np.zeros(B, dtype=bool)
         return result
 
     def _split(self, pieces: list[np.ndarray], draws: list[np.ndarray]) -> list[tuple[list, list, list]]:
@@ -364,7 +395,26 @@ class FimTransform:
             result.spans.append(spans)
             result.trimmed.append([0] * len(modes))
         result.num_drawn = result.num_fim
+        result.regions = np.ones(B, dtype=bool)
         return result
+
+
+def _merge(in_regions: np.ndarray, regions: FimResult, documents: FimResult) -> FimResult:
+    """One batch from the windows laid out in regions and the rest, back in the windows' order."""
+    B = len(in_regions)
+    L = regions.tokens.shape[1]
+    out = FimResult(np.empty((B, L), dtype=np.int64), np.empty((B, L), dtype=np.int8), np.empty((B, L), dtype=bool),
+                    num_pieces=regions.num_pieces + documents.num_pieces,
+                    num_drawn=regions.num_drawn + documents.num_drawn, num_fim=regions.num_fim + documents.num_fim,
+                    regions=in_regions.copy())
+    rows = {True: iter(range(len(regions.tokens))), False: iter(range(len(documents.tokens)))}
+    for b, r in enumerate(in_regions.tolist()):
+        part, k = (regions if r else documents), next(rows[r])
+        out.tokens[b], out.roles[b], out.doc_starts[b] = part.tokens[k], part.roles[k], part.doc_starts[k]
+        out.modes.append(part.modes[k])
+        out.trimmed.append(part.trimmed[k])
+        out.spans.append(part.spans[k])
+    return out
 
 
 # --- regions -------------------------------------------------------------------------------
@@ -413,7 +463,7 @@ def _cut_region(text: str, d: np.ndarray, line_hole_rate: float) -> list[str]:
 
 def apply_fim(windows, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, fim_level: str = "char",
               seed: int = 0, epoch: int = 0, starts: Optional[Sequence[int]] = None, fim_region_lines: int = 0,
-              line_hole_rate: float = 0.0) -> FimResult:
+              line_hole_rate: float = 0.0, region_share: float = 1.0) -> FimResult:
     """Transform a batch of windows (B, L) — or one window (L,) — into FIM samples of the same length.
 
     `starts` (one per window; default 0..B-1) and `epoch` key each window's draws with `seed`.
@@ -423,7 +473,7 @@ def apply_fim(windows, tokenizer, fim_rate: float = 0.9, spm_rate: float = 0.5, 
     if windows.ndim == 1:
         windows = windows[None]
     return FimTransform(tokenizer, fim_rate, spm_rate, fim_level, seed, fim_region_lines=fim_region_lines,
-                        line_hole_rate=line_hole_rate)(windows, starts, epoch)
+                        line_hole_rate=line_hole_rate, region_share=region_share)(windows, starts, epoch)
 
 
 @dataclass

@@ -46,7 +46,7 @@ from mamba_nb.windows import DataStream
 # the same run (another model, other windows, another order of data).
 MUST_MATCH = ("arch", "preset", "pretrained", "hidden_size", "num_hidden_layers", "state_size", "context_len",
               "fim_rate", "spm_rate", "fim_level", "fim_region_lines", "line_hole_rate", "seed", "batch_size",
-              "grad_accum", "lora_rank", "lora_targets", "fsdp", "reset_at_documents")
+              "grad_accum", "lora_rank", "lora_targets", "fsdp", "reset_at_documents", "region_share")
 
 
 def dataset_fingerprint(ds) -> dict:

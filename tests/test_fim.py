@@ -381,7 +381,47 @@ def test_regions_raise_fim_rate_transforms_a_superset(tok, ft):
     (dict(fim_region_lines=2.5), "whole number"),
     (dict(fim_region_lines=4, fim_level="token"), "fim_level='char'"),
     (dict(line_hole_rate=1.5), "line_hole_rate=1.5"),
+    (dict(region_share=0.5), "--fim-region-lines"),
+    (dict(fim_region_lines=4, region_share=2.0), "region_share=2.0"),
 ])
 def test_region_settings_are_checked(tok, kwargs, match):
     with pytest.raises(ValueError, match=match):
         FimTransform(tok, **kwargs)
+
+
+# --- a mix: some windows in regions, the rest whole-document FIM (region_share) ---------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=docs_strategy, share=st.sampled_from([0.0, 0.3, 0.7]), seed=st.integers(0, 1000),
+       length=st.integers(1, 120), epoch=st.integers(0, 3))
+def test_mix_rows_are_each_transforms_rows(tok, ft, docs, share, seed, length, epoch):
+    stream = stream_of(tok, ft, docs * 4)
+    starts = np.arange(0, max(1, len(stream) - length), 7)[:6]
+    windows = np.stack([np.resize(stream[s: s + length], length) for s in starts])
+    kw = dict(fim_rate=0.9, spm_rate=0.5, seed=seed)
+    mixed = FimTransform(tok, fim_region_lines=3, line_hole_rate=0.5, region_share=share, **kw)(windows, starts, epoch)
+    regions = FimTransform(tok, fim_region_lines=3, line_hole_rate=0.5, **kw)(windows, starts, epoch)
+    documents = FimTransform(tok, **kw)(windows, starts, epoch)
+    assert mixed.regions.shape == (len(windows),)
+    for b, r in enumerate(mixed.regions):
+        # a window's layout is one transform's, drawn apart from its FIM draws: the same sample
+        same = regions if r else documents
+        assert np.array_equal(mixed.tokens[b], same.tokens[b]) and np.array_equal(mixed.roles[b], same.roles[b])
+        assert np.array_equal(mixed.doc_starts[b], same.doc_starts[b])
+        assert mixed.modes[b] == same.modes[b] and mixed.spans[b] == same.spans[b]
+        back = undo_fim(mixed.tokens[b], ft, fim_region_lines=3 if r else 0)
+        assert len(back) >= 1
+    assert mixed.num_fim == sum(m != "none" for row in mixed.modes for m in row)
+    if share == 0.0:
+        assert not mixed.regions.any()
+
+
+def test_region_share_sets_the_share_of_windows(tok, ft):
+    window = stream_of(tok, ft, SAMPLE_CODE)[:40]
+    starts = np.arange(400)
+    res = FimTransform(tok, fim_region_lines=4, region_share=0.3)(np.tile(window, (400, 1)), starts)
+    assert 0.22 < res.regions.mean() < 0.38  # 400 draws: 0.3 within 3.5 standard deviations
+    # the draw depends on the window, not its batch: one window alone gets the same layout
+    alone = FimTransform(tok, fim_region_lines=4, region_share=0.3)(window[None], starts[17:18])
+    assert alone.regions[0] == res.regions[17]
