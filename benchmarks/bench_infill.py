@@ -3,12 +3,17 @@
     .venv/bin/python benchmarks/bench_infill.py throughput [--quick]
     .venv/bin/python benchmarks/bench_infill.py fim-for-free [--budget-s 600 | --max-steps N] [--quick]
     .venv/bin/python benchmarks/bench_infill.py fim-for-free --fim-run runs/course   # after `make course`
+    .venv/bin/python benchmarks/bench_infill.py humaneval [--checkpoint runs/course] [--quick]
     .venv/bin/python benchmarks/bench_infill.py all
 
 throughput: holes filled per second by `infill` at batch 16 against one hole at a time, the
 same holes, the same (untrained) course model, on CPU, for middles of 16 new tokens and of
 infill's default 64; prints the ratios (target >= 3x) and checks the two give identical
 greedy outputs.
+
+humaneval: all 1,033 HumanEval single-line holes, batch 16, the course's evaluation settings
+(greedy, one line), on our model and on HF's `MambaForCausalLM` as it ships with the same
+weights: holes/s of each, their ratio, and how often the two write the same middle.
 
 fim-for-free: trains the course model twice on the same time budget (`course_train_config()`),
 once with `fim_rate=0` and once with the default; reports the left-to-right validation loss of
@@ -140,9 +145,59 @@ def fim_for_free(budget_s: float, quick: bool, tasks_n: int, max_steps=None, fim
     return out
 
 
+def humaneval_throughput(quick: bool, checkpoint=None) -> dict:
+    """All HumanEval single-line holes, batch 16, on our model and on HF's `MambaForCausalLM` as it
+    ships (its PyTorch path on CPU, its cache), the same weights and settings: holes/s each."""
+    import tempfile
+
+    import torch
+    from transformers import MambaForCausalLM
+
+    from mamba_nb.benchmark import humaneval_holes
+    from mamba_nb.config import EvalConfig, ModelConfig
+    from mamba_nb.evaluate import LINE_SLACK
+    from mamba_nb.infill import FROM_CHECKPOINT, infill, resolve_near_lines
+    from mamba_nb.model import build_model, load_checkpoint
+
+    torch.manual_seed(0)
+    if checkpoint:
+        ours, tok = load_checkpoint(checkpoint)
+    else:
+        tok = _dataset().tokenizer
+        ours, _ = build_model(ModelConfig(), tok, verbose=False)
+    ours.eval()
+    holes = [h for h, _ in humaneval_holes("single", limit=64 if quick else None)]
+    prefixes, suffixes = [h.prefix for h in holes], [h.suffix for h in holes]
+    with tempfile.TemporaryDirectory() as d:
+        ours.save_pretrained(d)
+        hf = MambaForCausalLM.from_pretrained(d).eval()
+    # the course's evaluation settings: one line, greedy, at most the line budget; the SPM prompt
+    # laid out as the checkpoint was trained (the untrained model: the plain layout)
+    kw = dict(max_new_tokens=EvalConfig.max_line_tokens + LINE_SLACK, stop=["\n"], batch_size=16, context_len=256,
+              near_lines=resolve_near_lines(ours, FROM_CHECKPOINT))  # (HF's copy has no run config: the same, given)
+    print(f"HumanEval single-line infilling: {len(holes)} holes, batch 16, greedy, "
+          f"{'checkpoint ' + str(checkpoint) if checkpoint else 'the untrained course model'}, "
+          f"{torch.get_num_threads()} threads, CPU")
+    out = {"holes": len(holes), "checkpoint": str(checkpoint) if checkpoint else None}
+    texts = {}
+    for name, model in (("ours", ours), ("hf_mamba", hf)):
+        infill(model, tok, prefixes[:2], suffixes[:2], **{**kw, "max_new_tokens": 4})  # warm up
+        t0 = time.perf_counter()
+        results = infill(model, tok, prefixes, suffixes, **kw)
+        seconds = time.perf_counter() - t0
+        texts[name] = [r.text for r in results]
+        out[name] = {"seconds": seconds, "holes_per_s": len(holes) / seconds}
+        print(f"  {name:8s} {seconds:7.1f} s, {len(holes) / seconds:6.2f} holes/s", flush=True)
+    out["ratio"] = out["hf_mamba"]["seconds"] / out["ours"]["seconds"]
+    out["same_text"] = sum(a == b for a, b in zip(texts["ours"], texts["hf_mamba"])) / len(holes)
+    print(f"  ours / HF Mamba: x{out['ratio']:.2f} holes/s; the same greedy middle for {out['same_text']:.1%} of holes")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["throughput", "fim-for-free", "all"])
+    p.add_argument("part", choices=["throughput", "humaneval", "fim-for-free", "all"])
+    p.add_argument("--checkpoint", help="humaneval: a trained run to infill with (default: the untrained course model)")
     p.add_argument("--quick", action="store_true", help="fewer holes; fim-for-free: 30 s budget, 40 lines")
     p.add_argument("--budget-s", type=float, default=None, help="training time per run (default: the course's)")
     p.add_argument("--max-steps", type=int, default=None,
@@ -156,6 +211,8 @@ def main(argv=None) -> int:
     out = {}
     if args.part in ("throughput", "all"):
         out["throughput"] = throughput(args.quick)
+    if args.part in ("humaneval", "all"):
+        out["humaneval"] = humaneval_throughput(args.quick, args.checkpoint)
     if args.part in ("fim-for-free", "all"):
         from mamba_nb.config import course_train_config
 
