@@ -14,6 +14,11 @@ process (so allocators and memory do not carry over), from scratch, on this mach
   **absolute middle loss** with the best FIM prompt (SPM or PSM), set against the best
   prefix-only (left-to-right) middle loss any candidate of the run reaches (`vs best L2R`: below
   0, that candidate's FIM prompt predicts middles better than any recipe's left-to-right mode),
+- exact match of greedy single lines after the better FIM prompt and after the prefix alone,
+  and the SPM prompt's end-of-middle (`<|endoftext|>`) loss,
+- for candidates trained in regions, the same losses without the near-hole layout (the far
+  prefix in the FIM sample, as the paper lays it out),
+- all of it again at equal tokens: each run's snapshot at the last step all runs reached,
 - tokens/s and tokens seen.
 
 Ratios are against the course default measured in the same run (`course`). Runs land in
@@ -84,16 +89,20 @@ def train_candidate(name: str, budget_s: float) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, **env})
 
 
-def measure(name: str, tasks_from: str, num_tasks: int) -> dict:
+def measure(name: str, tasks_from: str, num_tasks: int, step: int | None = None) -> dict:
+    """Everything the table shows, of the run's final weights or (`step`) of its snapshot there."""
     from mamba_nb.holes import documents_from, line_tasks, package_dir
-    from mamba_nb.infill import FROM_CHECKPOINT, resolve_near_lines
+    from mamba_nb.config import EvalConfig
+    from mamba_nb.evaluate import LINE_SLACK
+    from mamba_nb.infill import FROM_CHECKPOINT, infill_holes, resolve_near_lines
+    from mamba_nb.scores import exact_match
     from mamba_nb.checkpoint import trained_context_len
     from mamba_nb.model import load_checkpoint
     from mamba_nb.suffix_gain import suffix_gain
     from mamba_nb.viz.training import read_metrics
 
-    out = OUT / name
-    records = read_metrics(out)
+    out = OUT / name if step is None else OUT / name / "snapshots" / f"step-{step:07d}"
+    records = [r for r in read_metrics(OUT / name) if step is None or r["step"] <= step]
     last = [r for r in records if r["kind"] == "eval"][-1]
     steps = [r for r in records if r["kind"] == "train"]
     step_s = sum(r["step_s"] for r in steps)
@@ -110,7 +119,14 @@ def measure(name: str, tasks_from: str, num_tasks: int) -> dict:
         far = {"far_fim_middle_loss": off_fim["loss"], "far_fim_middle_interval": off_fim["loss_interval"],
                "far_content_gain": off["spm"]["content_gain"], "far_content_interval": off["spm"]["content_interval"],
                "far_eot_loss": off["spm"]["eot_loss"]}
-    return {**far, "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "val_bpb": last.get("val_bpb"),
+
+    def exact(mode: str) -> float:  # greedy single lines, scored as `evaluate` scores them
+        preds = infill_holes(model, tok, tasks, mode, trained_context_len(out), mode, False,
+                             EvalConfig.max_line_tokens + LINE_SLACK)
+        return sum(exact_match(r.text, t.middle) for t, r in zip(tasks, preds)) / len(tasks)
+
+    return {**far, "exact_fim": exact("spm" if fim is spm else "psm"), "exact_lm": exact("lm"),
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "val_bpb": last.get("val_bpb"),
             "val_loss": last["val_loss"], "val_fim_loss": last["val_fim_loss"], "tokens_seen": last["tokens_seen"],
             "tokens_per_s": last["tokens_seen"] / step_s if step_s else 0.0, "gain": spm["gain"],
             "gain_interval": spm["interval"], "eot_loss": spm["eot_loss"],
@@ -124,19 +140,19 @@ def _interval(lo: float, hi: float) -> str:
     return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
-def print_table(results: dict, budget_s: float, tasks_from: str, num_tasks: int) -> None:
+def print_table(results: dict, when: str, tasks_from: str, num_tasks: int) -> None:
     """The candidates side by side; ratios against `course`, the absolute middle loss against the
     best left-to-right one of the run."""
     base = results["course"]
     l2r_name = min(results, key=lambda n: results[n]["prefix_only_loss"])
     l2r = results[l2r_name]["prefix_only_loss"]
-    print(f"\n{budget_s:.0f} s of training each; on {num_tasks} lines of {tasks_from} (nats/token, 95 % intervals): "
+    print(f"\n{when}; on {num_tasks} lines of {tasks_from} (nats/token, 95 % intervals): "
           "suffix gain and content gain of the SPM prompt, the middle loss of the better FIM prompt and its "
           f"difference from the best left-to-right middle loss of the run ({l2r:.3f}, {l2r_name}); "
           "ratios against `course` from this run")
     print(f"{'candidate':<15} {'params':>6} {'tok/s':>6} {'tokens':>9} {'val bpb':>7} {'FIM loss':>8} "
           f"{'suffix gain':>24} {'content gain':>24} {'FIM middle loss':>26} {'vs best L2R':>11} "
-          f"{'tok/s ÷':>7} {'bpb ÷':>6}")
+          f"{'exact FIM/L2R':>13} {'EOT loss':>8} {'tok/s ÷':>7} {'bpb ÷':>6}")
     for name, r in results.items():
         lo, hi = r["fim_middle_interval"]
         fim = f"{r['fim_middle_loss']:.3f} {r['fim_prompt']} [{lo:.2f}, {hi:.2f}]"
@@ -144,6 +160,7 @@ def print_table(results: dict, budget_s: float, tasks_from: str, num_tasks: int)
               f"{r['val_bpb']:7.3f} {r['val_fim_loss']:8.3f} {r['gain']:+7.3f} {_interval(*r['gain_interval'])} "
               f"{r['content_gain']:+7.3f} {_interval(*r['content_interval'])} {fim:>26} "
               f"{r['fim_middle_loss'] - l2r:+11.3f} "
+              f"{r.get('exact_fim', float('nan')):6.1%}/{r.get('exact_lm', float('nan')):6.1%} {r['eot_loss']:8.2f} "
               f"{r['tokens_per_s'] / base['tokens_per_s']:7.2f} {r['val_bpb'] / base['val_bpb']:6.3f}")
 
 
@@ -164,26 +181,11 @@ def print_near_layout(results: dict) -> None:
                   f"{r[f'{key}eot_loss']:8.2f}")
 
 
-def print_equal_tokens(names: list[str]) -> None:
-    """The runs' own validation records at the last step every run reached: equal tokens (same
-    batch and context), whatever each one's speed. Held-out stdlib windows and holes."""
-    from mamba_nb.viz.training import read_metrics
-
-    evals = {n: {r["step"]: r for r in read_metrics(OUT / n) if r["kind"] == "eval"} for n in names}
-    common = set.intersection(*(set(e) for e in evals.values()))
-    if not common:
-        return
-    step = max(common)
-    print(f"\nat equal tokens: step {step} of every run (its validation: stdlib windows; best-prompt middle loss and "
-          "content gain on its fixed validation holes)")
-    print(f"{'candidate':<15} {'tokens':>9} {'val bpb':>7} {'FIM loss':>8} {'best middle loss':>26} "
-          f"{'content gain':>24}")
-    for n in names:
-        r = evals[n][step]
-        lo, hi = r["val_best_middle_loss_interval"]
-        print(f"{n:<15} {r['tokens_seen']:9,} {r['val_bpb']:7.3f} {r['val_fim_loss']:8.3f} "
-              f"{r['val_best_middle_loss']:8.3f} {r['val_best_prompt']} [{lo:.2f}, {hi:.2f}] "
-              f"{r['val_content_gain']:+7.3f} {_interval(*r['val_content_gain_interval'])}")
+def common_step(names: list[str]) -> int | None:
+    """The last step every run kept a snapshot of (equal tokens: same batch and context), or None."""
+    steps = [{int(p.name.removeprefix("step-")) for p in (OUT / n / "snapshots").glob("step-*")} for n in names]
+    common = set.intersection(*steps) if steps else set()
+    return max(common) if common else None
 
 
 def main(argv=None) -> int:
@@ -205,9 +207,16 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"budget_s": args.budget_s, "results": results}, indent=2))
 
-    print_table(results, args.budget_s, args.tasks_from, args.num_tasks)
+    print_table(results, f"{args.budget_s:.0f} s of training each", args.tasks_from, args.num_tasks)
     print_near_layout(results)
-    print_equal_tokens(names)
+    step = common_step(names)
+    if step is not None:  # the same measures at equal tokens, from each run's snapshot there
+        at_step = {n: measure(n, args.tasks_from, args.num_tasks, step) for n in names}
+        Path(args.json).write_text(json.dumps({"budget_s": args.budget_s, "results": results,
+                                               "equal_tokens_step": step, "at_step": at_step}, indent=2))
+        print_table(at_step, f"equal tokens (step {step} of every run, {at_step['course']['tokens_seen']:,} tokens)",
+                    args.tasks_from, args.num_tasks)
+        print_near_layout(at_step)
     return 0
 
 
