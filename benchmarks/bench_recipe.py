@@ -93,9 +93,8 @@ def measure(name: str, tasks_from: str, num_tasks: int, step: int | None = None)
     """Everything the table shows, of the run's final weights or (`step`) of its snapshot there."""
     from mamba_nb.holes import documents_from, line_tasks, package_dir
     from mamba_nb.config import EvalConfig
-    from mamba_nb.evaluate import LINE_SLACK
+    from mamba_nb.evaluate import LINE_SLACK, _scores
     from mamba_nb.infill import FROM_CHECKPOINT, infill_holes, resolve_near_lines
-    from mamba_nb.scores import exact_match
     from mamba_nb.checkpoint import trained_context_len
     from mamba_nb.model import load_checkpoint
     from mamba_nb.suffix_gain import suffix_gain
@@ -109,21 +108,20 @@ def measure(name: str, tasks_from: str, num_tasks: int, step: int | None = None)
     model, tok = load_checkpoint(out)
     directory = Path(tasks_from) if Path(tasks_from).is_dir() else package_dir(tasks_from)
     tasks = line_tasks(documents_from(directory), num_tasks, seed=1, tokenizer=tok)
-    gain = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=trained_context_len(out))
+    context_len = trained_context_len(out)
+    gain = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=context_len)
     spm, fim = gain["spm"], min((gain["spm"], gain["psm"]), key=lambda r: r["loss"])  # fim: the better FIM prompt
     far = {}
     if resolve_near_lines(model, FROM_CHECKPOINT) is not None:  # trained in regions: the layout off too
-        off = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=trained_context_len(out),
-                          near_lines=None)
+        off = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=context_len, near_lines=None)
         off_fim = min((off["spm"], off["psm"]), key=lambda r: r["loss"])
         far = {"far_fim_middle_loss": off_fim["loss"], "far_fim_middle_interval": off_fim["loss_interval"],
                "far_content_gain": off["spm"]["content_gain"], "far_content_interval": off["spm"]["content_interval"],
                "far_eot_loss": off["spm"]["eot_loss"]}
 
     def exact(mode: str) -> float:  # greedy single lines, scored as `evaluate` scores them
-        preds = infill_holes(model, tok, tasks, mode, trained_context_len(out), mode, False,
-                             EvalConfig.max_line_tokens + LINE_SLACK)
-        return sum(exact_match(r.text, t.middle) for t, r in zip(tasks, preds)) / len(tasks)
+        preds = infill_holes(model, tok, tasks, mode, context_len, mode, False, EvalConfig.max_line_tokens + LINE_SLACK)
+        return _scores(tasks, preds)["exact_match"]
 
     return {**far, "exact_fim": exact("spm" if fim is spm else "psm"), "exact_lm": exact("lm"),
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "val_bpb": last.get("val_bpb"),
@@ -160,7 +158,7 @@ def print_table(results: dict, when: str, tasks_from: str, num_tasks: int) -> No
               f"{r['val_bpb']:7.3f} {r['val_fim_loss']:8.3f} {r['gain']:+7.3f} {_interval(*r['gain_interval'])} "
               f"{r['content_gain']:+7.3f} {_interval(*r['content_interval'])} {fim:>26} "
               f"{r['fim_middle_loss'] - l2r:+11.3f} "
-              f"{r.get('exact_fim', float('nan')):6.1%}/{r.get('exact_lm', float('nan')):6.1%} {r['eot_loss']:8.2f} "
+              f"{r['exact_fim']:6.1%}/{r['exact_lm']:6.1%} {r['eot_loss']:8.2f} "
               f"{r['tokens_per_s'] / base['tokens_per_s']:7.2f} {r['val_bpb'] / base['val_bpb']:6.3f}")
 
 

@@ -401,19 +401,17 @@ class FimTransform:
 
 def _merge(in_regions: np.ndarray, regions: FimResult, documents: FimResult) -> FimResult:
     """One batch from the windows laid out in regions and the rest, back in the windows' order."""
-    B = len(in_regions)
-    L = regions.tokens.shape[1]
+    B, L = len(in_regions), regions.tokens.shape[1]
     out = FimResult(np.empty((B, L), dtype=np.int64), np.empty((B, L), dtype=np.int8), np.empty((B, L), dtype=bool),
                     num_pieces=regions.num_pieces + documents.num_pieces,
                     num_drawn=regions.num_drawn + documents.num_drawn, num_fim=regions.num_fim + documents.num_fim,
                     regions=in_regions.copy())
-    rows = {True: iter(range(len(regions.tokens))), False: iter(range(len(documents.tokens)))}
-    for b, r in enumerate(in_regions.tolist()):
-        part, k = (regions if r else documents), next(rows[r])
-        out.tokens[b], out.roles[b], out.doc_starts[b] = part.tokens[k], part.roles[k], part.doc_starts[k]
-        out.modes.append(part.modes[k])
-        out.trimmed.append(part.trimmed[k])
-        out.spans.append(part.spans[k])
+    for name in ("tokens", "roles", "doc_starts"):
+        getattr(out, name)[in_regions] = getattr(regions, name)
+        getattr(out, name)[~in_regions] = getattr(documents, name)
+    rows = {True: iter(zip(regions.modes, regions.trimmed, regions.spans)),
+            False: iter(zip(documents.modes, documents.trimmed, documents.spans))}
+    out.modes, out.trimmed, out.spans = (list(c) for c in zip(*(next(rows[r]) for r in in_regions.tolist())))
     return out
 
 
