@@ -18,6 +18,8 @@ process (so allocators and memory do not carry over), from scratch, on this mach
   and the SPM prompt's end-of-middle (`<|endoftext|>`) loss,
 - for candidates trained in regions, the same losses without the near-hole layout (the far
   prefix in the FIM sample, as the paper lays it out),
+- the same middle losses compared pairwise on the same holes (against the course's FIM prompt
+  and against the best left-to-right loss), whose intervals are far tighter than two separate ones,
 - all of it again at equal tokens: each run's snapshot at the last step all runs reached,
 - tokens/s and tokens seen.
 
@@ -49,6 +51,8 @@ CANDIDATES: dict[str, tuple[str, list[str], int | None, dict]] = {
                   ["--fim-region-lines", "0", "--line-hole-rate", "0"], None, {}),
     "mix": ("a mix: half the windows in regions (the course's), the rest whole-document FIM (region_share 0.5)",
             ["--region-share", "0.5"], None, {}),
+    "regions-3": ("regions of 3 lines (from 4): the suffix nearer still to the hole",
+                  ["--fim-region-lines", "3"], None, {}),
     "fim-0.5": ("half the regions transformed (fim_rate 0.5, from 0.9): more plain code read in order",
                 ["--fim-rate", "0.5"], None, {}),
     "fim-0.7-lr-6e-3": ("fim_rate 0.7 and learning rate 6e-3: more plain code, learned faster",
@@ -109,8 +113,9 @@ def measure(name: str, tasks_from: str, num_tasks: int, step: int | None = None)
     directory = Path(tasks_from) if Path(tasks_from).is_dir() else package_dir(tasks_from)
     tasks = line_tasks(documents_from(directory), num_tasks, seed=1, tokenizer=tok)
     context_len = trained_context_len(out)
-    gain = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=context_len)
+    gain = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=context_len, per_hole=True)
     spm, fim = gain["spm"], min((gain["spm"], gain["psm"]), key=lambda r: r["loss"])  # fim: the better FIM prompt
+    holes = gain["per_hole"]  # per-hole loss sums, for the paired comparisons (`print_paired`)
     far = {}
     if resolve_near_lines(model, FROM_CHECKPOINT) is not None:  # trained in regions: the layout off too
         off = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=context_len, near_lines=None)
@@ -131,7 +136,9 @@ def measure(name: str, tasks_from: str, num_tasks: int, step: int | None = None)
             "content_gain": spm["content_gain"], "content_interval": spm["content_interval"],
             "prefix_only_loss": gain["prefix_only_loss"], "prefix_only_interval": gain["prefix_only_interval"],
             "fim_middle_loss": fim["loss"], "fim_middle_interval": fim["loss_interval"],
-            "fim_prompt": "spm" if fim is spm else "psm", "best": gain["best"]}
+            "fim_prompt": "spm" if fim is spm else "psm", "best": gain["best"],
+            "per_hole": {"counts": holes["counts"].tolist(), "lm": holes["lm"].tolist(),
+                         "fim": holes["spm" if fim is spm else "psm"].tolist()}}
 
 
 def _interval(lo: float, hi: float) -> str:
@@ -179,6 +186,28 @@ def print_near_layout(results: dict) -> None:
                   f"{r[f'{key}eot_loss']:8.2f}")
 
 
+def print_paired(results: dict) -> None:
+    """Differences measured pairwise on the same holes (one resampling of the holes for both sides,
+    `suffix_gain.paired_difference`): each candidate's better FIM prompt against the course's, and
+    against the best prefix-only (left-to-right) middle loss of the run. Below 0: lower loss."""
+    from mamba_nb.suffix_gain import paired_difference
+
+    base = results["course"]["per_hole"]
+    l2r_name = min(results, key=lambda n: results[n]["prefix_only_loss"])
+    l2r = results[l2r_name]["per_hole"]
+    print(f"\npaired on the same holes (nats/token, 95 % intervals): the better FIM prompt's middle loss minus "
+          f"the course's, and minus the best left-to-right middle loss ({l2r_name}'s prefix only)")
+    print(f"{'candidate':<15} {'FIM - course FIM':>26} {'FIM - best L2R':>26}")
+    for name, r in results.items():
+        row = r["per_hole"]
+        if len(row["counts"]) != len(base["counts"]) or row["counts"] != base["counts"]:
+            print(f"{name:<15} (other holes or tokenizer: not paired)")
+            continue
+        d_course, i_course = paired_difference(row["fim"], base["fim"], row["counts"])
+        d_l2r, i_l2r = paired_difference(row["fim"], l2r["lm"], row["counts"])
+        print(f"{name:<15} {d_course:+7.3f} {_interval(*i_course)} {d_l2r:+7.3f} {_interval(*i_l2r)}")
+
+
 def common_step(names: list[str]) -> int | None:
     """The last step every run kept a snapshot of (equal tokens: same batch and context), or None."""
     steps = [{int(p.name.removeprefix("step-")) for p in (OUT / n / "snapshots").glob("step-*")} for n in names]
@@ -206,6 +235,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({"budget_s": args.budget_s, "results": results}, indent=2))
 
     print_table(results, f"{args.budget_s:.0f} s of training each", args.tasks_from, args.num_tasks)
+    print_paired(results)
     print_near_layout(results)
     step = common_step(names)
     if step is not None:  # the same measures at equal tokens, from each run's snapshot there
@@ -214,6 +244,7 @@ def main(argv=None) -> int:
                                                "equal_tokens_step": step, "at_step": at_step}, indent=2))
         print_table(at_step, f"equal tokens (step {step} of every run, {at_step['course']['tokens_seen']:,} tokens)",
                     args.tasks_from, args.num_tasks)
+        print_paired(at_step)
         print_near_layout(at_step)
     return 0
 

@@ -168,7 +168,7 @@ def _rate(sums: np.ndarray, counts: np.ndarray, seed: int) -> tuple[float, tuple
 
 def suffix_gain(model, tokenizer, tasks: Sequence, modes: Sequence[str] = ("spm", "psm"),
                 context_len: Optional[int] = None, batch_size: int = 16, seed: int = 0,
-                near_lines: Union[tuple[int, int], None, str] = FROM_CHECKPOINT) -> dict:
+                near_lines: Union[tuple[int, int], None, str] = FROM_CHECKPOINT, per_hole: bool = False) -> dict:
     """The suffix gain of each FIM layout in `modes` on `tasks` (objects with prefix, middle, suffix)
     and its two controls (module docstring), with the prompt layout `infill` uses (`near_lines`: as
     in `infill`). `seed` picks the derangement and the bootstrap's resamples.
@@ -178,6 +178,8 @@ def suffix_gain(model, tokenizer, tasks: Sequence, modes: Sequence[str] = ("spm"
     "shuffled_loss", "content_gain", "content_interval", "eot_loss"}}; "best" is {"prompt" ("lm":
     prefix only, or a mode), "loss", "interval"}, the lowest middle loss of all the prompts.
     Losses in nats per middle token, intervals at 95 %; the content figures are NaN under 2 holes.
+    `per_hole`: also "per_hole" {"counts": middle tokens (n,), "lm" and each mode: loss sums (n,)},
+    to compare two models on the same holes pairwise (`paired_difference`).
     """
     near_lines = resolve_near_lines(model, near_lines)
     tasks = [t for t in tasks if t.middle]  # an empty middle has no token to score
@@ -193,8 +195,10 @@ def suffix_gain(model, tokenizer, tasks: Sequence, modes: Sequence[str] = ("spm"
     report = {"holes": len(tasks), "tokens": int(counts.sum()), "prefix_only_loss": lm_loss,
               "prefix_only_interval": lm_interval}
     best = {"prompt": "lm", "loss": lm_loss, "interval": lm_interval}
+    holes = {"counts": counts, "lm": lm_sums}
     for mode in modes:
         sums, _, eot = losses(mode, suffixes)
+        holes[mode] = sums
         r = dict(zip(("loss", "loss_interval"), _rate(sums, counts, seed)))
         r.update(zip(("gain", "interval"), _rate(lm_sums - sums, counts, seed)))
         r.update(shuffled_loss=math.nan, content_gain=math.nan, content_interval=(math.nan, math.nan))
@@ -207,7 +211,20 @@ def suffix_gain(model, tokenizer, tasks: Sequence, modes: Sequence[str] = ("spm"
         if r["loss"] < best["loss"]:
             best = {"prompt": mode, "loss": r["loss"], "interval": r["loss_interval"]}
     report["best"] = best
+    if per_hole:
+        report["per_hole"] = holes
     return report
 
 
-__all__ = ["middle_losses", "bootstrap_interval", "derangement", "prompt_label", "suffix_gain"]
+def paired_difference(sums_a, sums_b, counts, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """(a - b) in nats per middle token, and its 95 % interval, of two sets of loss sums on the same
+    holes (`suffix_gain(..., per_hole=True)` of two models with one tokenizer): resampling the holes
+    once for both, which is tighter than comparing two separate intervals."""
+    a, b, counts = (np.asarray(t, dtype=float) for t in (sums_a, sums_b, counts))
+    if not a.shape == b.shape == counts.shape:
+        raise ValueError(f"per-hole sums of shapes {a.shape} and {b.shape} with counts {counts.shape}: "
+                         "compare two models on the same holes, scored with the same tokenizer")
+    return _rate(a - b, counts, seed)
+
+
+__all__ = ["middle_losses", "bootstrap_interval", "derangement", "paired_difference", "prompt_label", "suffix_gain"]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mamba_nb.doc_reset import model_logits
 from mamba_nb.holes import Hole
 from mamba_nb.infill import encode_prompts, split_near
-from mamba_nb.suffix_gain import bootstrap_interval, derangement, middle_losses, suffix_gain
+from mamba_nb.suffix_gain import bootstrap_interval, derangement, middle_losses, paired_difference, suffix_gain
 from mamba_nb.tokenizer import FimTokens
 from tiny_models import CODE
 
@@ -73,6 +73,32 @@ def test_suffix_gain_is_the_difference_of_the_losses(model, tok):
         lo, hi = r["interval"]
         assert lo <= r["gain"] <= hi
         assert r["eot_loss"] > 0
+
+
+def test_per_hole_sums_pool_to_the_reported_losses(model, tok):
+    report = suffix_gain(model, tok, holes(), modes=("spm",), context_len=64, per_hole=True)
+    per_hole = report["per_hole"]
+    assert per_hole["counts"].sum() == report["tokens"]
+    assert per_hole["lm"].sum() / report["tokens"] == pytest.approx(report["prefix_only_loss"])
+    assert per_hole["spm"].sum() / report["tokens"] == pytest.approx(report["spm"]["loss"])
+    # paired: the prefix-only prompt against SPM on the same holes is the suffix gain, same interval
+    diff, interval = paired_difference(per_hole["lm"], per_hole["spm"], per_hole["counts"])
+    assert diff == pytest.approx(report["spm"]["gain"]) and interval == pytest.approx(report["spm"]["interval"])
+    assert "per_hole" not in suffix_gain(model, tok, holes(), modes=("spm",), context_len=64)
+
+
+@given(a=st.lists(st.floats(0, 9), min_size=2, max_size=30), shift=st.floats(-2, 2), count=st.integers(1, 5))
+@settings(max_examples=50, deadline=None)
+def test_paired_difference_of_a_shifted_model_is_the_shift(a, shift, count):
+    """Model b = model a plus a constant per token: the difference is that constant, with no spread."""
+    sums_a, counts = np.array(a) * count, np.full(len(a), count)
+    diff, (lo, hi) = paired_difference(sums_a + shift * count, sums_a, counts)
+    assert diff == pytest.approx(shift, abs=1e-9) and lo == pytest.approx(shift, abs=1e-9) == pytest.approx(hi, abs=1e-9)
+
+
+def test_paired_difference_refuses_other_holes():
+    with pytest.raises(ValueError, match="same holes"):
+        paired_difference(np.ones(3), np.ones(4), np.ones(3))
 
 
 @given(values=st.lists(st.floats(-3, 3), min_size=1, max_size=40), count=st.integers(1, 9))
