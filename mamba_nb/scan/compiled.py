@@ -15,7 +15,8 @@ by a hash of the source, the flags, the compiler and this machine's CPU, written
 name and renamed into place (concurrent processes and an interrupted build never load half a
 file). It is loaded with ctypes, which releases the GIL while the C code runs: Python threads
 split the batch (forward: rows and channels; backward: rows), `torch.get_num_threads()` of them.
-`MAMBA_NB_SCAN_KERNEL=0` turns it off (the PyTorch recurrence everywhere).
+`MAMBA_NB_SCAN_KERNEL=0` turns it off (the PyTorch recurrence everywhere). The same library holds
+generation's one-token step of a whole Mamba-1 block (`decode_step.py`).
 """
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ class _Kernel:
             lib.scan_forward.restype = ctypes.c_int
             lib.scan_backward.argtypes = [_I] * 6 + [_P] * 14 + [_P] * 7
             lib.scan_backward.restype = ctypes.c_int
+            lib.mamba1_block_step.argtypes = [_I] * 8 + [ctypes.c_float] + [_P] * 16
+            lib.mamba1_block_step.restype = ctypes.c_int
 
 
 def _compiler() -> Optional[str]:

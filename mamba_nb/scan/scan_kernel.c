@@ -176,3 +176,83 @@ int scan_backward(int64_t L, int64_t B, int64_t N, int64_t D, int64_t b0, int64_
     free(g);
     return 0;
 }
+
+/* ---- One generated token through one Mamba-1 block (decode_step.py) ----
+ *
+ * out = h + mixer(RMSNorm(h)) for the rows [b0, b1) of a batch of B, the same steps as
+ * `Block.step` / `MambaMixer.step` in model/ (read them first), with the conv window and the scan
+ * state advanced in place. Why C: in PyTorch a token is about 40 tiny ops per block, each a few
+ * microseconds of dispatch for a few hundred multiply-adds; here the block is one call, and each
+ * weight row is read once for all the rows of the batch (kept in L1 across them).
+ *
+ *   h, out: (B, H)   norm_w: (H,)   in_w: (2D, H)   conv_w: (D, K)   conv_state: (B, D, K)
+ *   x_w: (R + 2N, D)   dt_w: (D, R)   A_log, ssm_state: (D, N), (B, D, N)   out_w: (H, D)
+ *   in_b, conv_b, out_b: their biases or NULL   dt_b, Dk: (D,)
+ */
+
+/* y[r, o] = W[o] . x[r] (+ bias[o]) for rows r < rows: W (O, I) row-major, x rows xs apart, y ys apart */
+static void matvec(int64_t rows, int64_t O, int64_t I, const float *W, const float *bias,
+                   const float *x, int64_t xs, float *y, int64_t ys) {
+    for (int64_t o = 0; o < O; o++) {
+        const float *w = W + o * I;
+        for (int64_t r = 0; r < rows; r++) {
+            const float *xr = x + r * xs;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int64_t i = 0; i < I; i++) s += w[i] * xr[i];
+            y[r * ys + o] = bias ? s + bias[o] : s;
+        }
+    }
+}
+
+int mamba1_block_step(int64_t B, int64_t b0, int64_t b1, int64_t H, int64_t D, int64_t N, int64_t R, int64_t K,
+                      float eps, const float *h, float *out, const float *norm_w,
+                      const float *in_w, const float *in_b, const float *conv_w, const float *conv_b,
+                      float *conv_state, const float *x_w, const float *dt_w, const float *dt_b,
+                      const float *A_log, const float *Dk, float *ssm_state, const float *out_w, const float *out_b) {
+    const int64_t rows = b1 - b0, E = R + 2 * N;
+    (void)B;
+    float *buf = malloc(sizeof(float) * (size_t)(rows * (H + 2 * D + E + 2 * D)));
+    if (!buf) return 1;
+    float *normed = buf, *xz = normed + rows * H, *dbc = xz + rows * 2 * D, *dt = dbc + rows * E, *y = dt + rows * D;
+    for (int64_t r = 0; r < rows; r++) {  /* RMSNorm: h / rms(h) * weight */
+        const float *hr = h + (b0 + r) * H;
+        float ss = 0.0f;
+        for (int64_t i = 0; i < H; i++) ss += hr[i] * hr[i];
+        const float scale = 1.0f / sqrtf(ss / (float)H + eps);
+        for (int64_t i = 0; i < H; i++) normed[r * H + i] = norm_w[i] * (hr[i] * scale);
+    }
+    matvec(rows, 2 * D, H, in_w, in_b, normed, H, xz, 2 * D);  /* x: xz[:D], the gate z: xz[D:] */
+    for (int64_t r = 0; r < rows; r++) {  /* the causal conv: the window shifts by one, then SiLU */
+        float *x = xz + r * 2 * D, *win = conv_state + (b0 + r) * D * K;
+        for (int64_t d = 0; d < D; d++) {
+            float *wd = win + d * K, s = conv_b ? conv_b[d] : 0.0f;
+            for (int64_t k = 0; k < K - 1; k++) wd[k] = wd[k + 1];
+            wd[K - 1] = x[d];
+            for (int64_t k = 0; k < K; k++) s += wd[k] * conv_w[d * K + k];
+            x[d] = s * sigmoidf(s);
+        }
+    }
+    matvec(rows, E, D, x_w, NULL, xz, 2 * D, dbc, E);  /* the step's rank-R input, B and C */
+    matvec(rows, D, R, dt_w, dt_b, dbc, E, dt, D);
+    for (int64_t r = 0; r < rows; r++) {  /* one step of the scan, its read-out, the D skip, the gate */
+        const float *x = xz + r * 2 * D, *z = x + D, *Bt = dbc + r * E + R, *Ct = Bt + N;
+        float *state = ssm_state + (b0 + r) * D * N, *yr = y + r * D, *dtr = dt + r * D;
+        for (int64_t d = 0; d < D; d++) {
+            const float step = softplus(dtr[d]), u = step * x[d];
+            float *hd = state + d * N, acc = 0.0f;
+            const float *Ad = A_log + d * N;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t n = 0; n < N; n++) {
+                hd[n] = expf(-step * expf(Ad[n])) * hd[n] + u * Bt[n];  /* A = -exp(A_log) */
+                acc += hd[n] * Ct[n];
+            }
+            yr[d] = (acc + Dk[d] * x[d]) * z[d] * sigmoidf(z[d]);
+        }
+    }
+    matvec(rows, H, D, out_w, out_b, y, D, out + b0 * H, H);
+    for (int64_t r = 0; r < rows; r++)  /* the residual */
+        for (int64_t i = 0; i < H; i++) out[(b0 + r) * H + i] += h[(b0 + r) * H + i];
+    free(buf);
+    return 0;
+}
