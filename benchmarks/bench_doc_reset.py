@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench_doc_reset"
 sys.path.insert(0, str(ROOT))
-from mamba_nb.config import COURSE_FIM  # noqa: E402  (the course's FIM settings)
+from mamba_nb.config import COURSE_RECIPE  # noqa: E402  (the course's FIM settings and learning rate)
 
 # name -> (what it is, the flags it adds to the course configuration)
 RUNS = {
@@ -46,7 +46,7 @@ RUNS = {
 def train_run(name: str, steps: int, dataset: str) -> None:
     out = OUT / name
     shutil.rmtree(out, ignore_errors=True)  # from scratch every time
-    course = [f"--{k.replace('_', '-')}={v}" for k, v in COURSE_FIM.items()]
+    course = [f"--{k.replace('_', '-')}={v}" for k, v in COURSE_RECIPE.items()]
     cmd = [sys.executable, "-m", "mamba_nb", "train", "--dataset", dataset, "--out-dir", str(out),
            "--max-steps", str(steps), "--time-budget-s", "0", "--eval-every", "100", "--save-every", str(10**9),
            *course, *RUNS[name][1]]

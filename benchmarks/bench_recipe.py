@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench_recipe"
 sys.path.insert(0, str(ROOT))
-from mamba_nb.config import COURSE_FIM  # noqa: E402  (the course's FIM settings, which every candidate starts from)
+from mamba_nb.config import COURSE_RECIPE  # noqa: E402  (the course's FIM settings and learning rate, which every candidate starts from)
 
 # name -> (what it changes, train flags, dataset vocabulary (None: the course's), environment)
 CANDIDATES: dict[str, tuple[str, list[str], int | None, dict]] = {
@@ -55,16 +55,17 @@ CANDIDATES: dict[str, tuple[str, list[str], int | None, dict]] = {
                   ["--fim-region-lines", "3"], None, {}),
     "fim-0.5": ("half the regions transformed (fim_rate 0.5, from 0.9): more plain code read in order",
                 ["--fim-rate", "0.5"], None, {}),
-    "fim-0.7-lr-6e-3": ("fim_rate 0.7 and learning rate 6e-3: more plain code, learned faster",
-                        ["--fim-rate", "0.7", "--lr", "6e-3"], None, {}),
+    "fim-0.7": ("fim_rate 0.7 (from 0.9): more plain code read in order",
+                ["--fim-rate", "0.7"], None, {}),
     "mamba2": ("Mamba-2 (state 64, HF's chunked scan)", ["--arch", "mamba2"], None, {}),
     "llama": ("a same-size transformer (HF Llama, SDPA attention)", ["--arch", "llama"], None, {}),
     "wide": ("hidden 384 (from 256)", ["--hidden-size", "384"], None, {}),
     "narrow-deep": ("hidden 192, 8 layers", ["--hidden-size", "192", "--num-hidden-layers", "8"], None, {}),
     "state-32": ("Mamba-1 state 32 (from 16)", ["--state-size", "32"], None, {}),
     "batch-16": ("batch 16 (from 8)", ["--batch-size", "16"], None, {}),
-    "lr-1.5e-3": ("learning rate 1.5e-3 (from 3e-3)", ["--lr", "1.5e-3"], None, {}),
-    "lr-6e-3": ("learning rate 6e-3", ["--lr", "6e-3"], None, {}),
+    "lr-1.5e-3": ("learning rate 1.5e-3 (from 6e-3)", ["--lr", "1.5e-3"], None, {}),
+    "lr-3e-3": ("learning rate 3e-3 (the course's until the comparison with controls chose 6e-3)",
+                ["--lr", "3e-3"], None, {}),
     "vocab-4k": ("a 4,096-token vocabulary", [], 4096, {}),
     "vocab-16k": ("a 16,384-token vocabulary", [], 16384, {}),
     "glibc-malloc": ("the system allocator instead of tcmalloc", [], None, {"MAMBA_NB_ALLOCATOR": "system"}),
@@ -86,7 +87,7 @@ def train_candidate(name: str, budget_s: float) -> None:
     _, flags, vocab, env = CANDIDATES[name]
     out = OUT / name
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (its own earlier one is not worth keeping)
-    course = [f"--{k.replace('_', '-')}={v}" for k, v in COURSE_FIM.items()]
+    course = [f"--{k.replace('_', '-')}={v}" for k, v in COURSE_RECIPE.items()]
     cmd = [sys.executable, "-m", "mamba_nb", "train", "--dataset", dataset_for(vocab), "--out-dir", str(out),
            "--time-budget-s", str(budget_s), "--eval-every", "100", "--save-every", str(10**9), *course, *flags]
     print(f"\n== {name}: {CANDIDATES[name][0]}; {budget_s:.0f} s\n   {' '.join(cmd[1:])}", flush=True)

@@ -91,16 +91,22 @@ def test_generation_takes_it_and_gives_the_same_tokens():
 def test_it_steps_aside_where_it_must_not_run():
     m = model(0)
     block = m.backbone.layers[0]
-    state = gen.DecodeState.empty(m, 2).layers[0]
     h = torch.randn(2, 16)
+
+    def fresh():  # a state of its own for each case: the C step's weights are looked up once per state
+        return gen.DecodeState.empty(m, 2).layers[0]
+
     with torch.inference_mode():
-        with compiled.turned_off():
+        state = fresh()
+        assert decode_step.block_step(block, h, state) is not None
+        with compiled.turned_off():  # also for a state that took the kernel before
             assert decode_step.block_step(block, h, state) is None
-        assert decode_step.block_step(block, h.double(), state) is None  # float64: the PyTorch step
+        assert decode_step.block_step(block, h.double(), fresh()) is None  # float64: the PyTorch step
         m.set_scan_path("reference")
-        assert decode_step.block_step(block, h, state) is None
+        assert decode_step.block_step(block, h, fresh()) is None
         m.set_scan_path("auto")
     with torch.enable_grad():  # a graph wanted through the weights: the kernel has no backward
+        assert decode_step.block_step(block, h, fresh()) is None
         assert decode_step.block_step(block, h, state) is None
 
 

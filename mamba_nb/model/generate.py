@@ -37,6 +37,7 @@ from mamba_nb.threads import one_thread
 class LayerState:
     conv: torch.Tensor  # (b, channels, K): the last K inputs of the layer's convolution
     ssm: torch.Tensor  # (b, D, N) or (b, heads, head_dim, N): the scan state, float32
+    weights: Optional[tuple] = None  # the block's weights for the C step, looked up once (`scan.decode_step`)
 
 
 @dataclass

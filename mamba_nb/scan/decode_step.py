@@ -33,31 +33,56 @@ def _plain(block) -> bool:
             and type(mixer.conv1d) is nn.Conv1d)
 
 
-def block_step(block, h: torch.Tensor, state) -> Optional[torch.Tensor]:
-    """h (b, H) → h + mixer(norm(h)) (b, H), `state` (a `generate.LayerState`) advanced; None: not here."""
+def _takes(tensors, grad: bool = True) -> bool:
+    """The kernel may read these: plain CPU float32 arrays (not an FSDP shard's DTensor), contiguous,
+    none wanting a gradient (`grad`: checked; the kernel has no backward)."""
+    grad = grad and torch.is_grad_enabled()
+    for t in tensors:
+        if (type(t) not in _PLAIN or t.dtype is not torch.float32 or t.device.type != "cpu"
+                or not t.is_contiguous() or grad and t.requires_grad):
+            return False
+    return True
+
+
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
+def _weights(block) -> Optional[tuple]:
+    """The block's weights in the kernel's order (biases may be None), or None: not a block it runs."""
     if not _plain(block):
         return None
     mixer = block.mixer
-    weights = [block.norm.weight, mixer.in_proj.weight, mixer.in_proj.bias, mixer.conv1d.weight, mixer.conv1d.bias,
+    weights = (block.norm.weight, mixer.in_proj.weight, mixer.in_proj.bias, mixer.conv1d.weight, mixer.conv1d.bias,
                mixer.x_proj.weight, mixer.dt_proj.weight, mixer.dt_proj.bias, mixer.A_log, mixer.D,
-               mixer.out_proj.weight, mixer.out_proj.bias]
-    tensors = [h, state.conv, state.ssm] + [w for w in weights if w is not None]
-    # plain tensors only (not an FSDP shard's DTensor): the kernel reads their memory as one array
-    if not (compiled.runs_on(*tensors) and all(type(t.data) is torch.Tensor and t.is_contiguous() for t in tensors)):
+               mixer.out_proj.weight, mixer.out_proj.bias)
+    return weights if _takes([w for w in weights if w is not None], grad=False) else None
+
+
+def block_step(block, h: torch.Tensor, state) -> Optional[torch.Tensor]:
+    """h (b, H) → h + mixer(norm(h)) (b, H), `state` (a `generate.LayerState`) advanced; None: not here.
+
+    The block's weights are looked up once per generation and kept in `state.weights` (module
+    attribute lookups cost more than the kernel's arithmetic here); a state belongs to one call
+    of `generate` or `infill`, over which the model does not change."""
+    if state.weights is None:
+        state.weights = _weights(block) or ()
+    weights = state.weights
+    if not weights or not compiled.runs_on() or not _takes((h, state.conv, state.ssm)) or (
+            torch.is_grad_enabled() and any(w is not None and w.requires_grad for w in weights)):
         return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return None  # a graph is wanted: the kernel has no backward
-    h = h.detach()
+    mixer = block.mixer
     batch, H = h.shape
     D, N = mixer.A_log.shape
     out = torch.empty_like(h)
-    ptr = compiled._ptr
-    lib = compiled._kernel().lib
-    failed = compiled._run([functools.partial(
-        lib.mamba1_block_step, batch, b0, b1, H, D, N, mixer.R, mixer.K, block.norm.eps, ptr(h), ptr(out),
-        *(ptr(w) for w in weights[:5]), ptr(state.conv), *(ptr(w) for w in weights[5:10]), ptr(state.ssm),
-        *(ptr(w) for w in weights[10:]))
-        for b0, b1 in compiled._split(batch, torch.get_num_threads())])
+    p = [None if w is None else w.data_ptr() for w in weights]
+    call = functools.partial(compiled._kernel().lib.mamba1_block_step, batch)
+    rest = (H, D, N, mixer.R, mixer.K, block.norm.eps, h.data_ptr(), out.data_ptr(), *p[:5], state.conv.data_ptr(),
+            *p[5:10], state.ssm.data_ptr(), *p[10:])
+    threads = torch.get_num_threads()
+    if batch == 1 or threads == 1:  # (the usual case: no pool, no split)
+        failed = [call(0, batch, *rest)]
+    else:
+        failed = compiled._run([functools.partial(call, b0, b1, *rest) for b0, b1 in compiled._split(batch, threads)])
     if any(failed):
         raise MemoryError("the C decoding step could not allocate its row buffers")
     return out
