@@ -4,7 +4,7 @@ The course's `tiny` preset (8k vocabulary, random weights: speed does not depend
 a `--prompt-len` (256) token prompt, then `--new-tokens` (64) greedy tokens, in one process:
 
 - ours: `mamba_nb.model.generate.generate` on `mamba_nb.model` (prefill through the parallel scan,
-  then one O(1) step per token), the same weights as
+  then one O(1) step per token, each block's in the C kernel where it builds), the same weights as
 - HF Mamba: `MambaForCausalLM.generate` as HF ships it (its PyTorch path on CPU), the same weights;
 - Llama: HF's `LlamaForCausalLM.generate` (SDPA, KV cache), the same-size `--arch llama` peer.
 
@@ -19,13 +19,14 @@ and now (a 256 MB tensor copy).
 
     .venv/bin/python benchmarks/bench_generate.py [--prompt-len 256] [--new-tokens 64] [--repeats 5] [--threads N]
 
-Measured (2 shared cores, torch's 2 threads, 5 repeats, a quiet moment): ours 868 tokens/s, HF
-Mamba 352 (x2.46), Llama 379 (x2.29); ours' prefill 32 ms, a step 1.2 ms against a bound of
-0.46 ms (38%: the rest is per-op dispatch, ~550 aten calls a step). After a 4,096-token prompt
-(3 repeats, busier): ours 116, HF Mamba 36 (x3.3), Llama 46 (x2.5; fastest calls 304 against 93,
-x3.3); the prefill is 168 ms of ours' ~220 ms there. With other jobs on the cores, steps on every
-thread fall apart (seen: 34 against 266 tokens/s): each of a step's tiny ops waits for the slower
-thread.
+Measured with the C decoding step (`scan/decode_step.py`: a whole block per call; 2 shared cores,
+torch's 2 threads, 7 repeats): ours 939 tokens/s, HF Mamba 176 (x5.34), Llama 237 (x3.95); ours'
+prefill 19 ms, a step 0.73 ms against a bound of 0.28 ms at that moment's copy rate (39 %; the 8k-row
+head's matrix-vector product is a third of the step). After a 4,096-token prompt (3 repeats): ours
+203, HF Mamba 35 (x5.8), Llama 74 (x2.74; ours on every thread x3.04); there the prefill is 218 ms
+of ours' ~300 ms, and a step 0.71 ms. Before the C step, in PyTorch ops (~550 aten calls a step):
+ours 868 tokens/s, x2.29 the Llama, a step 1.2 ms. With other jobs on the cores, PyTorch steps on
+every thread fell apart (seen: 34 against 266 tokens/s): each tiny op waits for the slower thread.
 """
 from __future__ import annotations
 

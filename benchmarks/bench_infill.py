@@ -13,7 +13,9 @@ greedy outputs.
 
 humaneval: all 1,033 HumanEval single-line holes, batch 16, the course's evaluation settings
 (greedy, one line), on our model and on HF's `MambaForCausalLM` as it ships with the same
-weights: holes/s of each, their ratio, and how often the two write the same middle.
+weights: holes/s of each, their ratio, and how often the two write the same middle. Measured on the
+trained course run (`--checkpoint runs/bench_recipe/course`): ours 49.8 holes/s, HF 12.4 (x4.01),
+the same greedy middle for 100 % of the 1,033 holes.
 
 fim-for-free: trains the course model twice on the same time budget (`course_train_config()`),
 once with `fim_rate=0` and once with the default; reports the left-to-right validation loss of
