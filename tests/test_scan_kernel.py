@@ -168,3 +168,34 @@ def test_a_compiler_refusing_the_tuned_flags_builds_with_plain_ones(monkeypatch,
     ok, why = _fresh_kernel(monkeypatch, cache, CC=str(picky))
     assert ok, why
     assert len(list(cache.glob("scan_kernel-*.so"))) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(L=st.integers(1, 30), batch=st.integers(1, 4), c=st.integers(1, 20), K=st.integers(1, 5),
+       with_bias=st.booleans(), reset_rate=st.sampled_from([None, 0.0, 0.2, 0.6]), view=st.booleans(),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**31 - 1))
+def test_kernel_conv_equals_the_shift_conv(L, batch, c, K, with_bias, reset_rate, view, threads, seed):
+    """The mixer's causal conv in the kernel (the forward of model/scan.py's _ShiftConv) against its PyTorch
+    multiply-adds: documents cut anywhere, x a view into a wider tensor (as in_proj's output is), under one
+    torch thread or two. Its backward stays PyTorch's, so the gradients are the same code."""
+    from mamba_nb.model.scan import _ShiftConv
+    from mamba_nb.scan.conv import positions_in_document
+
+    gen = torch.Generator().manual_seed(seed)
+    wide = torch.randn(L, batch, 2 * c, generator=gen)
+    x = wide[..., :c] if view else wide[..., :c].contiguous()
+    weight, bias = torch.randn(c, K, generator=gen), torch.randn(c, generator=gen) if with_bias else None
+    since = None
+    if reset_rate is not None:
+        starts = torch.rand(batch, L, generator=gen) < reset_rate
+        since = positions_in_document(starts).t()[:, :, None]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = _ShiftConv.apply(x, weight, bias, since)
+        with compiled.turned_off():
+            want = _ShiftConv.apply(x, weight, bias, since)
+    finally:
+        torch.set_num_threads(before)
+    assert got.shape == want.shape == (L, batch, c)
+    assert rel(got, want) <= 1e-5

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from mamba_nb.scan import compiled
 from mamba_nb.scan import conv as cut_conv
 from mamba_nb.scan import selective as fast
 
@@ -135,18 +136,22 @@ class _ShiftConv(torch.autograd.Function):
     x (L, b, c), weight (c, K), bias (c,) or None, keep (L, b, 1) float or None: how far each token is
     from its document's start (a tap j is kept where it is >= j). Its own backward because autograd
     through K in-place slice updates writes a zeroed full-size gradient and a copy per slice (over
-    half of the conv's cost); here each tap is one multiply-add per direction.
+    half of the conv's cost); here each tap is one multiply-add per direction. On CPU in float32 the
+    forward runs in the C kernel (`compiled.conv_forward`: each output row written once).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, since):
         L, K = x.shape[0], weight.shape[-1]
-        out = x * weight[:, K - 1] if bias is None else torch.addcmul(bias, x, weight[:, K - 1])  # lag 0
-        for lag in range(1, min(K, L)):
-            term = x[: L - lag] * weight[:, K - 1 - lag]  # (L-lag, b, c): x[t-lag] for t >= lag
-            if since is not None:
-                term.mul_(since[lag:] >= lag)  # the tap stays inside the document
-            out[lag:] += term
+        if compiled.runs_on(*(t for t in (x, weight, bias) if t is not None)):
+            out = compiled.conv_forward(x, weight, bias, since)  # the same sum, each output row written once
+        else:
+            out = x * weight[:, K - 1] if bias is None else torch.addcmul(bias, x, weight[:, K - 1])  # lag 0
+            for lag in range(1, min(K, L)):
+                term = x[: L - lag] * weight[:, K - 1 - lag]  # (L-lag, b, c): x[t-lag] for t >= lag
+                if since is not None:
+                    term.mul_(since[lag:] >= lag)  # the tap stays inside the document
+                out[lag:] += term
         ctx.save_for_backward(x, weight, since)
         ctx.has_bias = bias is not None
         return out

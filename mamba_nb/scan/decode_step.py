@@ -3,8 +3,8 @@
 `block_step(block, h, state)` returns what `model.lm.Block.step` returns (h + mixer(norm(h)), with
 the block's conv window and scan state advanced in place), computed by `mamba1_block_step` in
 `scan_kernel.c`, or None where that cannot run; the caller then takes the PyTorch step. It runs
-for a plain Mamba-1 block on CPU in float32, with the C kernel built (`compiled.available`, and
-not `compiled.turned_off`), and no gradient wanted. A peft-wrapped projection (LoRA) is not a
+for a plain Mamba-1 block on CPU in float32 where the mixer would not take the CUDA kernels, with
+the C kernel built (`compiled.available`, and not `compiled.turned_off`), and no gradient wanted. A peft-wrapped projection (LoRA) is not a
 plain `nn.Linear`: its adapters would be skipped, so such a block keeps the PyTorch step.
 
 Why: a token is about 40 tiny tensor ops per block, each a few microseconds of dispatch for a few
@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from mamba_nb.model import scan as model_scan
 
 from . import compiled
 
@@ -67,10 +69,11 @@ def block_step(block, h: torch.Tensor, state) -> Optional[torch.Tensor]:
     if state.weights is None:
         state.weights = _weights(block) or ()
     weights = state.weights
+    mixer = block.mixer
     if not weights or not compiled.runs_on() or not _takes((h, state.conv, state.ssm)) or (
+            model_scan.kernels_for(mixer.scan_path, h) is not None) or (
             torch.is_grad_enabled() and any(w is not None and w.requires_grad for w in weights)):
         return None
-    mixer = block.mixer
     batch, H = h.shape
     D, N = mixer.A_log.shape
     out = torch.empty_like(h)
