@@ -4,8 +4,9 @@
 the block's conv window and scan state advanced in place), computed by `mamba1_block_step` in
 `scan_kernel.c`, or None where that cannot run; the caller then takes the PyTorch step. It runs
 for a plain Mamba-1 block on CPU in float32 where the mixer would not take the CUDA kernels, with
-the C kernel built (`compiled.available`, and not `compiled.turned_off`), and no gradient wanted. A peft-wrapped projection (LoRA) is not a
-plain `nn.Linear`: its adapters would be skipped, so such a block keeps the PyTorch step.
+the C kernel built (`compiled.available`, and not `compiled.turned_off`), and no gradient wanted.
+A peft-wrapped projection (LoRA) is not a plain `nn.Linear`: its adapters would be skipped, so
+such a block keeps the PyTorch step.
 
 Why: a token is about 40 tiny tensor ops per block, each a few microseconds of dispatch for a few
 hundred multiply-adds; generation at batch 1 was per-op overhead, not arithmetic
@@ -35,6 +36,9 @@ def _plain(block) -> bool:
             and type(mixer.conv1d) is nn.Conv1d)
 
 
+_PLAIN = (torch.Tensor, nn.Parameter)  # the types whose memory is the tensor's own array
+
+
 def _takes(tensors, grad: bool = True) -> bool:
     """The kernel may read these: plain CPU float32 arrays (not an FSDP shard's DTensor), contiguous,
     none wanting a gradient (`grad`: checked; the kernel has no backward)."""
@@ -44,9 +48,6 @@ def _takes(tensors, grad: bool = True) -> bool:
                 or not t.is_contiguous() or grad and t.requires_grad):
             return False
     return True
-
-
-_PLAIN = (torch.Tensor, nn.Parameter)
 
 
 def _weights(block) -> Optional[tuple]:
