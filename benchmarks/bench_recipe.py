@@ -115,7 +115,8 @@ def measure(name: str, tasks_from: str, num_tasks: int, step: int | None = None)
     tasks = line_tasks(documents_from(directory), num_tasks, seed=1, tokenizer=tok)
     context_len = trained_context_len(out)
     gain = suffix_gain(model, tok, tasks, modes=("spm", "psm"), context_len=context_len, per_hole=True)
-    spm, fim = gain["spm"], min((gain["spm"], gain["psm"]), key=lambda r: r["loss"])  # fim: the better FIM prompt
+    fim_mode = min(("spm", "psm"), key=lambda m: gain[m]["loss"])  # the better FIM prompt
+    spm, fim = gain["spm"], gain[fim_mode]
     holes = gain["per_hole"]  # per-hole loss sums, for the paired comparisons (`print_paired`)
     far = {}
     if resolve_near_lines(model, FROM_CHECKPOINT) is not None:  # trained in regions: the layout off too
@@ -129,7 +130,7 @@ def measure(name: str, tasks_from: str, num_tasks: int, step: int | None = None)
         preds = infill_holes(model, tok, tasks, mode, context_len, mode, False, EvalConfig.max_line_tokens + LINE_SLACK)
         return _scores(tasks, preds)["exact_match"]
 
-    return {**far, "exact_fim": exact("spm" if fim is spm else "psm"), "exact_lm": exact("lm"),
+    return {**far, "exact_fim": exact(fim_mode), "exact_lm": exact("lm"),
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "val_bpb": last.get("val_bpb"),
             "val_loss": last["val_loss"], "val_fim_loss": last["val_fim_loss"], "tokens_seen": last["tokens_seen"],
             "tokens_per_s": last["tokens_seen"] / step_s if step_s else 0.0, "gain": spm["gain"],
@@ -137,20 +138,25 @@ def measure(name: str, tasks_from: str, num_tasks: int, step: int | None = None)
             "content_gain": spm["content_gain"], "content_interval": spm["content_interval"],
             "prefix_only_loss": gain["prefix_only_loss"], "prefix_only_interval": gain["prefix_only_interval"],
             "fim_middle_loss": fim["loss"], "fim_middle_interval": fim["loss_interval"],
-            "fim_prompt": "spm" if fim is spm else "psm", "best": gain["best"],
+            "fim_prompt": fim_mode, "best": gain["best"],
             "per_hole": {"counts": holes["counts"].tolist(), "lm": holes["lm"].tolist(),
-                         "fim": holes["spm" if fim is spm else "psm"].tolist()}}
+                         "fim": holes[fim_mode].tolist()}}
 
 
 def _interval(lo: float, hi: float) -> str:
     return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
+def best_left_to_right(results: dict) -> str:
+    """The candidate whose prefix-only (left-to-right) middle loss is the lowest of the run."""
+    return min(results, key=lambda n: results[n]["prefix_only_loss"])
+
+
 def print_table(results: dict, when: str, tasks_from: str, num_tasks: int) -> None:
     """The candidates side by side; ratios against `course`, the absolute middle loss against the
     best left-to-right one of the run."""
     base = results["course"]
-    l2r_name = min(results, key=lambda n: results[n]["prefix_only_loss"])
+    l2r_name = best_left_to_right(results)
     l2r = results[l2r_name]["prefix_only_loss"]
     print(f"\n{when}; on {num_tasks} lines of {tasks_from} (nats/token, 95 % intervals): "
           "suffix gain and content gain of the SPM prompt, the middle loss of the better FIM prompt and its "
@@ -194,14 +200,14 @@ def print_paired(results: dict) -> None:
     from mamba_nb.suffix_gain import paired_difference
 
     base = results["course"]["per_hole"]
-    l2r_name = min(results, key=lambda n: results[n]["prefix_only_loss"])
+    l2r_name = best_left_to_right(results)
     l2r = results[l2r_name]["per_hole"]
     print(f"\npaired on the same holes (nats/token, 95 % intervals): the better FIM prompt's middle loss minus "
           f"the course's, and minus the best left-to-right middle loss ({l2r_name}'s prefix only)")
     print(f"{'candidate':<15} {'FIM - course FIM':>26} {'FIM - best L2R':>26}")
     for name, r in results.items():
         row = r["per_hole"]
-        if len(row["counts"]) != len(base["counts"]) or row["counts"] != base["counts"]:
+        if row["counts"] != base["counts"]:
             print(f"{name:<15} (other holes or tokenizer: not paired)")
             continue
         d_course, i_course = paired_difference(row["fim"], base["fim"], row["counts"])

@@ -64,7 +64,7 @@ class _Kernel:
             lib.scan_backward.restype = ctypes.c_int
             lib.mamba1_block_step.argtypes = [_I] * 8 + [ctypes.c_float] + [_P] * 16
             lib.mamba1_block_step.restype = ctypes.c_int
-            lib.conv_forward.argtypes = [_I] * 8 + [_P, _I, _P, _P, _P, _P]
+            lib.conv_forward.argtypes = [_I] * 4 + [_P, _I, _P, _P, _P, _P]
             lib.conv_forward.restype = None
 
 
@@ -275,8 +275,7 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     out = torch.empty((L, batch, C), dtype=x.dtype)
     # on one thread: a few multiply-adds per element, and a second thread meets torch's own, still
     # spinning after the matmul before (measured: 1.4 ms on one thread, 2.2 ms on two, a 4,096 x 512 conv)
-    _kernel().lib.conv_forward(L, batch, C, K, 0, batch, 0, C, _ptr(x), x.stride(1), _ptr(wt), _ptr(bias),
-                               _ptr(since), _ptr(out))
+    _kernel().lib.conv_forward(L, batch, C, K, _ptr(x), x.stride(1), _ptr(wt), _ptr(bias), _ptr(since), _ptr(out))
     return out
 
 

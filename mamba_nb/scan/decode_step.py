@@ -31,7 +31,7 @@ def _plain(block) -> bool:
     from mamba_nb.model.mamba1 import MambaMixer
 
     mixer = block.mixer
-    return (isinstance(mixer, MambaMixer) and mixer.scan_path in ("auto", "fast")
+    return (isinstance(mixer, MambaMixer)
             and all(type(m) is nn.Linear for m in (mixer.in_proj, mixer.x_proj, mixer.dt_proj, mixer.out_proj))
             and type(mixer.conv1d) is nn.Conv1d)
 
@@ -71,8 +71,9 @@ def block_step(block, h: torch.Tensor, state) -> Optional[torch.Tensor]:
         state.weights = _weights(block) or ()
     weights = state.weights
     mixer = block.mixer
+    # the mixer's own path decides, each step: the reference loop, or the CUDA kernels, are not ours to replace
     if not weights or not compiled.runs_on() or not _takes((h, state.conv, state.ssm)) or (
-            model_scan.kernels_for(mixer.scan_path, h) is not None) or (
+            mixer.scan_path == "reference" or model_scan.kernels_for(mixer.scan_path, h) is not None) or (
             torch.is_grad_enabled() and any(w is not None and w.requires_grad for w in weights)):
         return None
     batch, H = h.shape

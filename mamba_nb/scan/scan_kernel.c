@@ -259,25 +259,23 @@ int mamba1_block_step(int64_t B, int64_t b0, int64_t b1, int64_t H, int64_t D, i
 
 /* ---- The mixer's causal depthwise conv, time-major, forward (model/scan.py's _ShiftConv) ----
  *
- * out[t, b, c] = bias[c] + sum_lag wt[K-1-lag, c] * x[t-lag, b, c] for the rows [b0, b1) and the
- * channels [c0, c1), a tap dropped where it reads before the window or before the document's start
+ * out[t, b, c] = bias[c] + sum_lag wt[K-1-lag, c] * x[t-lag, b, c], a tap dropped where it reads before the window or before the document's start
  * (since[t, b] < lag: how far token t is from its document's first token; NULL: one document).
  * x's (t, b) rows lie x_row floats apart (a view into in_proj's output), channels contiguous; wt is
  * the weight transposed to (K, C) so that each tap's loop over channels is contiguous; out (L, B, C).
  * Why C: in PyTorch each tap is a whole-tensor multiply and add (about 4 passes over (L, B, C) per
  * tap); here each output row is written once, while its K input rows are in cache. */
-void conv_forward(int64_t L, int64_t B, int64_t C, int64_t K, int64_t b0, int64_t b1, int64_t c0, int64_t c1,
-                  const float *x, int64_t x_row, const float *wt, const float *bias, const int64_t *since,
-                  float *out) {
-    for (int64_t b = b0; b < b1; b++) {
+void conv_forward(int64_t L, int64_t B, int64_t C, int64_t K, const float *x, int64_t x_row, const float *wt,
+                  const float *bias, const int64_t *since, float *out) {
+    for (int64_t b = 0; b < B; b++) {
         for (int64_t t = 0; t < L; t++) {
             float *o = out + (t * B + b) * C;
-            for (int64_t c = c0; c < c1; c++) o[c] = bias ? bias[c] : 0.0f;
+            for (int64_t c = 0; c < C; c++) o[c] = bias ? bias[c] : 0.0f;
             const int64_t reach = since ? since[t * B + b] : t;  /* taps up to this lag stay in the document */
             for (int64_t lag = 0; lag < K && lag <= t && lag <= reach; lag++) {
                 const float *xr = x + ((t - lag) * B + b) * x_row, *w = wt + (K - 1 - lag) * C;
 #pragma omp simd
-                for (int64_t c = c0; c < c1; c++) o[c] += w[c] * xr[c];
+                for (int64_t c = 0; c < C; c++) o[c] += w[c] * xr[c];
             }
         }
     }
